@@ -1,0 +1,3 @@
+from contrastlab.cli import main
+
+main()

@@ -1,0 +1,219 @@
+"""The Lightning DataModule: one path from a dataset on disk to uint8 batches with indices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from contrastlab.data.datasets import InMemoryImages, LazyImageFolder, collate_lazy, pass_batch
+from contrastlab.data.download import ensure_dataset, resolve_root
+from contrastlab.data.readers import (
+    DatasetError,
+    ImageSet,
+    list_image_folder,
+    read_cifar,
+    read_image_folder,
+    read_stl10,
+    read_tiny_imagenet,
+)
+from contrastlab.data.sampling import GlobalBatchSampler
+from contrastlab.distributed import world
+
+DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "folder"]
+
+# (pretraining split, labelled split for the kNN bank, labelled evaluation split)
+DEFAULT_SPLITS: dict[str, tuple[str, str, str]] = {
+    "cifar10": ("train", "train", "test"),
+    "cifar100": ("train", "train", "test"),
+    "stl10": ("train+unlabeled", "train", "test"),
+    "tinyimagenet": ("train", "train", "val"),
+    "folder": ("train", "train", "val"),
+}
+
+
+def read_split(dataset: str, root: Path, split: str, working_size: int | None) -> ImageSet:
+    """Read one split of ``dataset`` into memory."""
+    if dataset in ("cifar10", "cifar100"):
+        return read_cifar(root, dataset, split)
+    if dataset == "stl10":
+        return read_stl10(root, split)
+    if dataset == "tinyimagenet":
+        return read_tiny_imagenet(root, split)
+    return read_image_folder(_folder_split(root, split), working_size)
+
+
+def _folder_split(root: Path, split: str) -> Path:
+    """``root/split`` when it exists; a root without split folders is the training set."""
+    if (root / split).is_dir():
+        return root / split
+    if split == "train":
+        return root
+    raise DatasetError(f"{root}: no {split}/ folder for the labelled evaluation split")
+
+
+def seeded_subset(size: int, count: int | None, seed: int) -> torch.Tensor | None:
+    """Indices of a seeded random subset of ``count`` out of ``size`` (``None``: everything)."""
+    if count is None or count >= size:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=generator)[:count].sort().values
+
+
+class ContrastDataModule(pl.LightningDataModule):
+    """Datasets as uint8 batches ``(images, dataset indices, labels or -1)``.
+
+    Args:
+        dataset: which reader; ``folder`` is any image folder (class sub-folders or flat).
+        root: data root; default ``$CONTRASTLAB_DATA`` or ``~/.cache/contrastlab``.
+        download: fetch the official archive (md5-checked) when the data is absent.
+        batch_size: images per process per step (the global batch is this times processes).
+        train_subset / eval_subset: use a seeded random subset of the pretraining split (and of
+            the kNN bank) / of the evaluation split, for quick runs.
+        lazy: decode image files in data-loader workers (large folders such as ImageNet)
+            instead of holding every image in memory.
+        working_size: square size images are decoded to for folders (needed when they differ).
+        on_device: keep in-memory datasets on the accelerator (no host-to-device copies).
+        num_workers: data-loader workers (only useful with ``lazy``).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "cifar10",
+        root: str | None = None,
+        download: bool = True,
+        batch_size: int = 512,
+        train_subset: int | None = None,
+        eval_subset: int | None = None,
+        lazy: bool = False,
+        working_size: int | None = None,
+        on_device: bool = False,
+        num_workers: int = 0,
+        eval_batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in DEFAULT_SPLITS:
+            raise DatasetError(
+                f"unknown dataset {dataset!r}; expected one of {list(DEFAULT_SPLITS)}"
+            )
+        if lazy and dataset != "folder":
+            raise DatasetError("lazy decoding applies to dataset='folder' only")
+        if lazy and working_size is None:
+            raise DatasetError("lazy decoding needs a working_size (e.g. 256 for ImageNet)")
+        self.save_hyperparameters()
+        self.dataset, self.root, self.download = dataset, root, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_subset, self.eval_subset = train_subset, eval_subset
+        self.lazy, self.working_size, self.on_device = lazy, working_size, on_device
+        self.num_workers, self.seed = num_workers, seed
+        self.train_set: Dataset | None = None
+        self.bank_set: Dataset | None = None
+        self.eval_set: Dataset | None = None
+        self.num_classes: int | None = None
+
+    def data_root(self) -> Path:
+        if self.dataset == "folder":
+            return resolve_root(self.root)
+        return ensure_dataset(self.dataset, self.root, self.download)
+
+    def prepare_data(self) -> None:
+        self.data_root()  # downloads once per node, before setup()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        root = self.data_root()
+        train_split, bank_split, eval_split = DEFAULT_SPLITS[self.dataset]
+        if self.lazy:
+            self.train_set = self._lazy(root, train_split)
+            self.bank_set = self._lazy(root, bank_split, optional=True)
+            self.eval_set = self._lazy(root, eval_split, optional=True)
+            return
+        train = self._subset(
+            read_split(self.dataset, root, train_split, self.working_size), self.train_subset
+        )
+        bank = (
+            train
+            if bank_split == train_split
+            else self._subset(
+                read_split(self.dataset, root, bank_split, self.working_size), self.train_subset
+            )
+        )
+        evaluation = self._read_optional(root, eval_split)
+        self.num_classes = bank.num_classes if bank.labels is not None else None
+        self.train_set = self._in_memory(train)
+        self.bank_set = self._in_memory(bank) if bank.labels is not None else None
+        self.eval_set = self._in_memory(evaluation) if evaluation is not None else None
+
+    def _read_optional(self, root: Path, split: str) -> ImageSet | None:
+        if self.dataset == "folder" and not (root / split).is_dir():
+            return None
+        return self._subset(
+            read_split(self.dataset, root, split, self.working_size), self.eval_subset
+        )
+
+    def _subset(self, images: ImageSet, count: int | None) -> ImageSet:
+        rows = seeded_subset(len(images), count, self.seed)
+        return images if rows is None else images.subset(rows)
+
+    def _in_memory(self, images: ImageSet) -> InMemoryImages:
+        dataset = InMemoryImages(images)
+        if self.on_device and self.trainer is not None:
+            dataset.to(self.trainer.strategy.root_device)
+        return dataset
+
+    def _lazy(self, root: Path, split: str, optional: bool = False) -> LazyImageFolder | None:
+        folder = _folder_split(root, split) if not optional or (root / split).is_dir() else None
+        if folder is None:
+            return None
+        files, labels, classes = list_image_folder(folder)
+        if classes is not None:
+            self.num_classes = len(classes)
+        return LazyImageFolder(files, labels, self.working_size or 0)
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        rank, size = world()
+        sampler = GlobalBatchSampler(
+            len(dataset),
+            batch_size,
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=size,
+            drop_last=train,
+        )
+        if train and len(sampler) == 0:
+            raise DatasetError(
+                f"{len(dataset)} training images cannot fill one global batch of "
+                f"{batch_size * size}; lower data.batch_size"
+            )
+        lazy = isinstance(dataset, LazyImageFolder)
+        workers = self.num_workers if lazy else 0
+        pin = lazy and torch.cuda.is_available()
+        return DataLoader(
+            dataset,
+            batch_sampler=BatchSampler(sampler, batch_size, drop_last=train),
+            collate_fn=collate_lazy if lazy else pass_batch,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def knn_dataloaders(self) -> list[DataLoader]:
+        """``[bank, evaluation]`` loaders in dataset order, or ``[]`` without labelled splits."""
+        if self.bank_set is None or self.eval_set is None:
+            return []
+        return [
+            self._loader(self.bank_set, self.eval_batch_size, train=False),
+            self._loader(self.eval_set, self.eval_batch_size, train=False),
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.knn_dataloaders()

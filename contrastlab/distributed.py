@@ -1,0 +1,40 @@
+"""Small torch.distributed helpers that degrade to no-ops in a single process."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process along dim 0, in rank order (no gradient).
+
+    Processes may hold different numbers of rows: sizes are exchanged first and rows padded.
+    """
+    _, size = world()
+    if size == 1:
+        return tensor
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts, strict=True)])
+
+
+@torch.no_grad()
+def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if world()[1] > 1:
+        dist.broadcast(tensor, src)
+    return tensor

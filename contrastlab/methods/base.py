@@ -1,0 +1,188 @@
+"""The shared LightningModule: views, backbone, optimiser and schedule, kNN monitor, RNG state."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+
+import lightning.pytorch as pl
+import torch
+from torch.nn import functional as F
+from torchvision.transforms.v2.functional import center_crop, resize
+
+from contrastlab.distributed import gather_cat, world
+from contrastlab.eval.knn import knn_accuracy
+from contrastlab.models.backbones import ResNetBackbone
+from contrastlab.views.augment import Augment, ViewSampler
+
+
+def full_precision(device: torch.device) -> AbstractContextManager:
+    """Leave autocast: similarities divided by a small temperature need float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear from ~0 to 1 over ``warmup`` steps, then
+    ``0.5 (1 + cos(pi * t))`` with ``t`` the fraction of the remaining steps done."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
+    """Un-augmented view for evaluation: centre-crop (or resize) to the training view size,
+    then the training normalisation."""
+    x = images.float().div_(255)
+    if x.shape[-1] > augment.size:
+        x = center_crop(x, [augment.size, augment.size])
+    elif x.shape[-1] < augment.size:
+        x = resize(x, [augment.size, augment.size], antialias=True)
+    mean = torch.tensor(augment.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(augment.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class ContrastiveMethod(pl.LightningModule):
+    """What every framework shares. A framework implements :meth:`contrastive_loss`.
+
+    Args:
+        backbone: torchvision ResNet name (``resnet18``, ``resnet34``, ``resnet50``).
+        cifar_stem: 3x3 stride-1 stem without max-pool (32-96 px images).
+        bn_splits: SplitBatchNorm groups per process (8 simulates MoCo's 8 GPUs on one device).
+        augment: the view recipe (both views).
+        lr, weight_decay, sgd_momentum: SGD; ``lr`` is for the whole global batch.
+        warmup_epochs: linear warm-up before the cosine decay (per step).
+        knn_k, knn_t: the kNN monitor's neighbours and temperature.
+        channels_last: NHWC memory layout (faster convolutions on most devices).
+        seed: seeds the views (per process) and the initial state of the method.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        cifar_stem: bool = True,
+        bn_splits: int = 8,
+        augment: Augment = Augment(),
+        lr: float = 0.06,
+        weight_decay: float = 5e-4,
+        sgd_momentum: float = 0.9,
+        warmup_epochs: float = 0.0,
+        knn_k: int = 200,
+        knn_t: float = 0.1,
+        channels_last: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        augment = Augment(**augment) if isinstance(augment, dict) else augment
+        self.save_hyperparameters()
+        self.hparams["augment"] = asdict(augment)  # plain values: checkpoints load weights_only
+        self.augment = augment
+        self.backbone = ResNetBackbone(backbone, cifar_stem, bn_splits)
+        self.views = ViewSampler([augment, augment], seed=seed)
+        self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
+        self._epoch_start = 0.0
+        self._epoch_images = 0
+
+    # ------------------------------------------------------------------ hooks for frameworks
+
+    def contrastive_loss(
+        self, views: list[torch.Tensor], indices: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def momentum_update(self) -> None:
+        """Frameworks with a momentum encoder update it here (once per step, before the loss)."""
+
+    # ------------------------------------------------------------------ setup and training
+
+    def setup(self, stage: str) -> None:
+        rank, _ = world()
+        self.views.reseed(self.hparams.seed * 1_000_003 + rank)
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images, indices, labels = batch
+        views = [self._layout(v) for v in self.views(images, indices)]
+        self.momentum_update()
+        loss = self.contrastive_loss(views, indices, labels)
+        self._epoch_images += len(images)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start, self._epoch_images = time.perf_counter(), 0
+
+    def on_train_epoch_end(self) -> None:
+        elapsed = time.perf_counter() - self._epoch_start
+        rate = self._epoch_images * world()[1] / max(elapsed, 1e-9)
+        self.log("train/images_per_sec", rate, prog_bar=False)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(
+            self.parameters(),
+            lr=self.hparams.lr,
+            momentum=self.hparams.sgd_momentum,
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(self.hparams.warmup_epochs * steps_per_epoch)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total, warmup)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------ kNN monitor
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features of un-augmented uint8 images (eval mode is the caller's)."""
+        return self.backbone(self._layout(eval_view(images, self.augment))).float()
+
+    def validation_step(
+        self, batch: tuple[torch.Tensor, ...], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images, _, labels = batch
+        self._knn_outputs[dataloader_idx].append((self.features(images), labels))
+
+    def on_validation_epoch_end(self) -> None:
+        bank, evaluation = self._knn_outputs
+        self._knn_outputs = [[], []]
+        if not bank or not evaluation or self.trainer.sanity_checking:
+            return
+        bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
+        eval_x, eval_y = (gather_cat(torch.cat(t)) for t in zip(*evaluation, strict=True))
+        num_classes = int(torch.cat([bank_y, eval_y]).max()) + 1
+        top1 = knn_accuracy(
+            eval_x, eval_y, bank_x, bank_y, num_classes, self.hparams.knn_k, self.hparams.knn_t
+        )
+        self.log("knn/top1", top1, prog_bar=True, rank_zero_only=True)
+
+    # ------------------------------------------------------------------ exact resume
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        states = gather_cat(self.views.get_state().unsqueeze(0).to(self.device)).cpu()
+        checkpoint["contrastlab"] = {"view_rng": states, "torch_rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("contrastlab")
+        if state is None:
+            return
+        rank, _ = world()
+        view_states = state["view_rng"]
+        if rank < len(view_states):  # a run resumed on more processes keeps fresh seeds
+            self.views.set_state(view_states[rank].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+
+
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    """``x / ||x||_2`` per row, in float32."""
+    return F.normalize(x.float(), dim=1)

@@ -1,0 +1,104 @@
+"""MoCo v2: momentum key encoder, key queue, InfoNCE (He et al. 2020; Chen et al. 2020)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from contrastlab.distributed import broadcast, gather_cat, world
+from contrastlab.methods.base import ContrastiveMethod, full_precision, normalized
+from contrastlab.models.heads import mlp_head
+from contrastlab.negatives.losses import infonce_logits, infonce_loss
+from contrastlab.negatives.queue import KeyQueue
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """``theta_k <- m theta_k + (1 - m) theta_q`` for every parameter pair."""
+    target_params = [p for p in target.parameters()]
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+
+
+class MoCoV2(ContrastiveMethod):
+    """MoCo v2.
+
+    ``q = norm(g(f(x1)))`` from the online encoder, ``k = norm(g_k(f_k(x2)))`` from its momentum
+    copy; loss ``InfoNCE([q.k, q.queue] / T)`` with the positive at index 0. The keys of the
+    step are enqueued once, after every loss term (with ``symmetric`` the loss is the mean of
+    both view orders, and both key sets are enqueued).
+
+    Args:
+        proj_hidden, proj_dim: MLP head ``feature_dim -> proj_hidden -> proj_dim``.
+        queue_size: number of negative keys ``K`` (any size; not tied to the batch).
+        momentum: key encoder EMA ``m``.
+        temperature: ``T``.
+        symmetric: symmetrised loss over both view orders.
+        shuffle_bn: permute the key batch across the global batch before the key encoder so
+            that BN statistics cannot leak the positive (MoCo's shuffle-BN; with one process
+            it shuffles across SplitBatchNorm groups).
+        **kwargs: see :class:`~contrastlab.methods.base.ContrastiveMethod`.
+    """
+
+    def __init__(
+        self,
+        proj_hidden: int = 512,
+        proj_dim: int = 128,
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        temperature: float = 0.1,
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim)
+        self.key_backbone = copy.deepcopy(self.backbone)
+        self.key_head = copy.deepcopy(self.head)
+        for p in [*self.key_backbone.parameters(), *self.key_head.parameters()]:
+            p.requires_grad = False
+        self.queue = KeyQueue(queue_size, proj_dim, seed=self.hparams.seed)
+
+    def momentum_update(self) -> None:
+        m = self.hparams.momentum
+        momentum_update(self.backbone, self.key_backbone, m)
+        momentum_update(self.head, self.key_head, m)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return normalized(self.head(self.backbone(x)))
+
+    @torch.no_grad()
+    def key(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys of ``x``; with ``shuffle_bn`` the global batch is permuted across processes
+        (and SplitBatchNorm groups), encoded, and restored to its order."""
+        if not self.hparams.shuffle_bn:
+            return normalized(self.key_head(self.key_backbone(x)))
+        rank, size = world()
+        everything = gather_cat(x)
+        order = broadcast(torch.randperm(len(everything), device=x.device))
+        mine = everything[order].chunk(size)[rank]
+        keys = gather_cat(normalized(self.key_head(self.key_backbone(mine))))
+        return keys[torch.argsort(order)].chunk(size)[rank]
+
+    def contrastive_loss(
+        self, views: list[torch.Tensor], indices: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        x1, x2 = views
+        pairs = [(self.query(x1), self.key(x2))]
+        if self.hparams.symmetric:
+            pairs.append((self.query(x2), self.key(x1)))
+        negatives = self.queue.keys.clone()
+        with full_precision(self.device):
+            losses = [self._infonce(q, k, negatives) for q, k in pairs]
+        loss = torch.stack(losses).mean()
+        keys = torch.cat([k for _, k in pairs])
+        self.queue.push(keys, indices.repeat(len(pairs)))
+        return loss
+
+    def _infonce(self, q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        logits = infonce_logits(q, k, negatives)
+        self.log("train/positive_logit", logits[:, 0].mean(), on_step=True)
+        return infonce_loss(logits, self.hparams.temperature)

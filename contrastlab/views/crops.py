@@ -1,0 +1,102 @@
+"""Crops as boxes: samplers yield per-image integer boxes, one batched op crops and resizes.
+
+A box is ``(top, left, height, width)`` in pixels. Separating "where to crop" (a sampler) from
+"cut it out and resize" (:func:`crop_and_resize`) lets another sampler, such as
+ContrastiveCrop's center-suppressed one, replace RandomResizedCrop without touching the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.ops import roi_align
+
+ATTEMPTS = 10  # as torchvision's RandomResizedCrop
+
+
+def crop_sizes(
+    n: int,
+    image_size: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Crop ``(height, width)`` per image, drawn exactly as torchvision's RandomResizedCrop.
+
+    Area ``~ U(scale) * H * W`` and ``log(w / h) ~ U(log ratio)``; up to ten attempts, the first
+    whose crop fits is kept; otherwise the fallback is the largest centred crop whose aspect is
+    clamped to ``ratio``. Returns ``(n, 2)`` int64.
+    """
+    height, width = image_size
+    area = height * width
+    u = torch.rand(n, ATTEMPTS, 2, generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.argmax(fits.to(torch.int8), dim=1)
+    rows = torch.arange(n)
+    chosen = torch.stack([h[rows, first], w[rows, first]], dim=1)
+    fallback = torch.tensor(_fallback_size(image_size, ratio), dtype=torch.float64)
+    chosen = torch.where(fits.any(dim=1, keepdim=True), chosen, fallback)
+    return chosen.to(torch.int64)
+
+
+def _fallback_size(image_size: tuple[int, int], ratio: tuple[float, float]) -> tuple[int, int]:
+    height, width = image_size
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return round(width / min(ratio)), width
+    if in_ratio > max(ratio):
+        return height, round(height * max(ratio))
+    return height, width
+
+
+def random_resized_boxes(
+    n: int,
+    image_size: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """RandomResizedCrop boxes: sizes from :func:`crop_sizes`, top-left uniform over the
+    positions where the crop fits. Returns ``(n, 4)`` int64 ``(top, left, height, width)``."""
+    sizes = crop_sizes(n, image_size, scale, ratio, generator)
+    room = torch.tensor(image_size) - sizes + 1  # number of valid positions per axis
+    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    start = torch.floor(u * room).to(torch.int64)
+    return torch.cat([start, sizes], dim=1)
+
+
+class RandomResizedCropBoxes:
+    """The box sampler of the standard recipe: RandomResizedCrop over the whole image."""
+
+    def __init__(
+        self, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    ) -> None:
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+
+    def __call__(
+        self, indices: torch.Tensor, image_size: tuple[int, int], generator: torch.Generator
+    ) -> torch.Tensor:
+        return random_resized_boxes(len(indices), image_size, self.scale, self.ratio, generator)
+
+
+def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut ``boxes`` (``(B, 4)`` top, left, height, width) out of float ``images`` and resize
+    each to ``size x size`` in one batched call.
+
+    Bilinear, with pixel centres at half-integers (``aligned=True``): upscaling reproduces
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``; downscaling averages
+    ``ceil(box / size)`` samples per output pixel per axis, an anti-aliased resize.
+    """
+    boxes = boxes.to(device=images.device, dtype=images.dtype)
+    top, left, height, width = boxes.unbind(1)
+    batch = torch.arange(len(images), device=images.device, dtype=images.dtype)
+    rois = torch.stack([batch, left, top, left + width, top + height], dim=1)
+    return roi_align(
+        images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
+    )

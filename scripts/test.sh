@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set everything up, lint, and run the whole test suite (real-data tests skip without CIFAR-10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff format --check .
+.venv/bin/ruff check .
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def real_cifar_root() -> Path | None:
+    """The real CIFAR-10 (``$CONTRASTLAB_DATA`` or ``../shared/data``), or ``None``."""
+    for root in (os.environ.get("CONTRASTLAB_DATA"), SHARED_DATA):
+        if root and (Path(root) / "cifar-10-batches-py" / "batches.meta").exists():
+            return Path(root)
+    return None
+
+
+def write_cifar(
+    root: Path,
+    variant: str = "cifar10",
+    per_batch: int = 20,
+    seed: int = 0,
+    structured: bool = False,
+) -> Path:
+    """Write a tiny CIFAR in the official layout (protocol-2 pickles of dicts).
+
+    With ``structured``, each class has its own colour so that features can separate them.
+    """
+    rng = np.random.default_rng(seed)
+    classes = 10 if variant == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if variant == "cifar10" else "fine_labels"
+    names = (
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        if variant == "cifar10"
+        else ["train", "test"]
+    )
+    for name in names:
+        labels = rng.integers(0, classes, per_batch)
+        if structured:
+            base = (labels[:, None] * 25 % 256).astype(np.uint8)
+            data = np.clip(base + rng.integers(0, 30, (per_batch, 3072)), 0, 255).astype(np.uint8)
+        else:
+            data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch = {"batch_label": name, label_key: labels.tolist(), "data": data}
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    meta_name, key = (
+        ("batches.meta", "label_names") if variant == "cifar10" else ("meta", "fine_label_names")
+    )
+    with (folder / meta_name).open("wb") as f:
+        pickle.dump({key: [f"class{i}" for i in range(classes)]}, f, protocol=2)
+    return folder
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path) -> Path:
+    write_cifar(tmp_path, structured=True)
+    return tmp_path
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    """Stands in for a crash right after epoch 0's checkpoint (the run stops there)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.should_stop = True

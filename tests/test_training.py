@@ -1,0 +1,151 @@
+"""End-to-end: the CLI, config errors, exact resume and atomic checkpoints (tiny data)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastlab.cli import main, rewrite_fit_args
+from contrastlab.training import AtomicCheckpointIO, load_checkpoint_file
+
+TINY = [
+    "--model.augment.size",
+    "8",
+    "--model.queue_size",
+    "40",
+    "--model.bn_splits",
+    "2",
+    "--data.batch_size",
+    "16",
+    "--data.eval_batch_size",
+    "64",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+]
+
+
+def fit(tmp_path: Path, data_root: Path, run: str, *extra: str) -> Path:
+    run_dir = tmp_path / run
+    main(
+        [
+            "fit",
+            "--config",
+            "cifar10/mocov2",
+            "--data.root",
+            str(data_root),
+            "--trainer.default_root_dir",
+            str(run_dir),
+            *TINY,
+            *extra,
+        ]
+    )
+    return run_dir
+
+
+def test_fit_writes_run_directory_and_knn_runs(tmp_path, tiny_cifar, capsys):
+    run_dir = fit(
+        tmp_path,
+        tiny_cifar,
+        "run",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+    )
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    metrics = (run_dir / "metrics.csv").read_text()
+    assert "knn/top1" in metrics and "train/loss_step" in metrics
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    assert {"queue.keys", "queue.indices", "queue.pointer"} <= set(checkpoint["state_dict"])
+    main(["knn", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--k", "5"])
+    assert "kNN top-1" in capsys.readouterr().out
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_cifar):
+    straight = fit(tmp_path, tiny_cifar, "straight", "--trainer.max_epochs", "2")
+    first = fit(
+        tmp_path,
+        tiny_cifar,
+        "resumed",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.callbacks+=conftest.StopAfterFirstEpoch",
+    )
+    saved = load_checkpoint_file(first / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 6
+    fit(tmp_path, tiny_cifar, "resumed", "--trainer.max_epochs", "2", "--resume")
+    a = load_checkpoint_file(straight / "checkpoints" / "last.ckpt")
+    b = load_checkpoint_file(first / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    momentum = a["optimizer_states"][0]["state"]
+    for i, state in momentum.items():
+        assert torch.equal(
+            state["momentum_buffer"], b["optimizer_states"][0]["state"][i]["momentum_buffer"]
+        )
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert torch.equal(a["contrastlab"]["view_rng"], b["contrastlab"]["view_rng"])
+
+
+def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    assert io.load_checkpoint(path)["step"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left over
+
+
+def test_unknown_key_fails_before_training_with_alternatives(tmp_path, tiny_cifar, capsys):
+    with pytest.raises(SystemExit) as error:
+        fit(tmp_path, tiny_cifar, "bad", "--model.queue_sise", "8")
+    assert "model.queue_size" in str(error.value)
+    with pytest.raises(SystemExit) as error:
+        fit(tmp_path, tiny_cifar, "bad", "--trainer.max_epoch", "1")
+    assert "trainer.max_epochs" in str(error.value)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_unknown_preset_and_command():
+    with pytest.raises(SystemExit, match="cifar10/mocov2"):
+        main(["fit", "--config", "cifar10/mocov"])
+    with pytest.raises(SystemExit, match="did you mean fit"):
+        main(["fitt"])
+
+
+def test_resume_flag_rewrites_to_ckpt_path():
+    assert rewrite_fit_args(["--resume"]) == ["--ckpt_path", "last"]
+    assert rewrite_fit_args(["--resume", "a.ckpt", "--x", "1"]) == [
+        "--ckpt_path",
+        "a.ckpt",
+        "--x",
+        "1",
+    ]
+
+
+def test_missing_data_says_where_to_put_it(tmp_path):
+    with pytest.raises(SystemExit, match="put the extracted cifar-10-python.tar.gz at"):
+        main(
+            [
+                "fit",
+                "--config",
+                "cifar10/mocov2",
+                "--data.root",
+                str(tmp_path / "none"),
+                "--data.download",
+                "false",
+                *TINY,
+            ]
+        )

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+from contrastlab.views import Augment, ViewSampler, crop_and_resize, random_resized_boxes
+from contrastlab.views.augment import color_jitter, sample_parameters
+
+
+def test_whole_image_crop_equals_bilinear_resize():
+    images = torch.rand(2, 3, 10, 10)
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10]])
+    out = crop_and_resize(images, boxes, 17)
+    expected = F.interpolate(images, size=(17, 17), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_crop_of_a_ramp_lands_where_geometry_says():
+    # pixel (y, x) holds x: an upscaled crop of width w at left must read
+    # left + (o + 0.5) * w / size - 0.5 at output column o (bilinear, centres at half-pixels)
+    width = 40
+    ramp = torch.arange(width, dtype=torch.float32).expand(1, 3, 30, width).clone()
+    top, left, h, w, size = 5, 12, 8, 10, 20
+    out = crop_and_resize(ramp, torch.tensor([[top, left, h, w]]), size)
+    expected = left + (torch.arange(size) + 0.5) * w / size - 0.5
+    torch.testing.assert_close(out[0, 0, 3], expected, atol=1e-4, rtol=0)
+
+
+def test_downscaled_crop_is_antialiased_average():
+    # alternating 0/1 columns: a plain bilinear 4x downscale would alias to all 0 or all 1;
+    # averaging the samples of each output pixel gives the true mean 0.5
+    image = (torch.arange(16) % 2).float().expand(1, 3, 16, 16)
+    out = crop_and_resize(image, torch.tensor([[0, 0, 16, 16]]), 4)
+    torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-5, rtol=0)
+
+
+def test_random_resized_boxes_inside_image_and_match_torchvision_distribution():
+    g = torch.Generator().manual_seed(0)
+    n, size = 4000, (24, 40)
+    boxes = random_resized_boxes(n, size, (0.2, 1.0), (3 / 4, 4 / 3), g)
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= size[0]).all() and (left + w <= size[1]).all() and (h > 0).all()
+    torch.manual_seed(0)
+    image = torch.zeros(3, *size)
+    reference = torch.tensor(
+        [RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=torch.float64,
+    )
+    ours = boxes.double()
+    # same distribution: compare means and spreads of every coordinate (4000 draws)
+    for column in range(4):
+        a, b = ours[:, column], reference[:, column]
+        scale = b.std() / math.sqrt(n) * 4 + 1e-9
+        assert abs(a.mean() - b.mean()) < scale * 1.5
+        assert abs(a.std() - b.std()) / b.std() < 0.1
+
+
+def test_colour_jitter_matches_torchvision_per_image():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 8, 8)
+    params = {
+        "jitter": torch.tensor([True, True, True, False]),
+        "brightness": torch.tensor([0.7, 1.3, 1.0, 1.2]),
+        "contrast": torch.tensor([1.2, 0.8, 1.0, 0.6]),
+        "saturation": torch.tensor([0.6, 1.4, 1.1, 1.0]),
+        "hue": torch.tensor([0.05, -0.1, 0.02, 0.1]),
+        "order": torch.tensor([2, 0, 3, 1]),
+    }
+    out = color_jitter(images, params)
+    fns = [
+        lambda x, i: TF.adjust_brightness(x, params["brightness"][i].item()),
+        lambda x, i: TF.adjust_contrast(x, params["contrast"][i].item()),
+        lambda x, i: TF.adjust_saturation(x, params["saturation"][i].item()),
+        lambda x, i: TF.adjust_hue(x, params["hue"][i].item()),
+    ]
+    for i in range(4):
+        expected = images[i]
+        if params["jitter"][i]:
+            for op in params["order"].tolist():
+                expected = fns[op](expected, i)
+        torch.testing.assert_close(out[i], expected, atol=1e-4, rtol=0)
+
+
+def test_parameter_ranges_and_probabilities():
+    g = torch.Generator().manual_seed(1)
+    aug = Augment(brightness=0.4, hue=0.1, grayscale_prob=0.2, flip_prob=0.5)
+    p = sample_parameters(20000, aug, g)
+    assert p["brightness"].min() >= 0.6 and p["brightness"].max() <= 1.4
+    assert p["hue"].abs().max() <= 0.1
+    assert abs(p["grayscale"].float().mean() - 0.2) < 0.015
+    assert abs(p["flip"].float().mean() - 0.5) < 0.015
+    assert abs(p["jitter"].float().mean() - 0.8) < 0.015
+
+
+def test_views_are_random_per_image_and_reproducible():
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    images[:] = images[0]  # six copies of one image must still get six different views
+    sampler = ViewSampler([Augment(size=8), Augment(size=8)], seed=3)
+    state = sampler.get_state()
+    v1, v2 = sampler(images, torch.arange(6))
+    assert v1.shape == (6, 3, 8, 8)
+    flat = v1.flatten(1)
+    assert torch.cdist(flat, flat).fill_diagonal_(1.0).min() > 1e-3
+    assert not torch.equal(v1, v2)
+    sampler.set_state(state)
+    w1, _ = sampler(images, torch.arange(6))
+    torch.testing.assert_close(w1, v1, atol=0, rtol=0)
+
+
+def test_identity_recipe_gives_normalised_image():
+    aug = Augment(
+        size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_prob=0, grayscale_prob=0, flip_prob=0
+    )
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    (view,) = ViewSampler([aug])(images, torch.arange(2))
+    mean, std = torch.tensor(aug.mean).view(1, 3, 1, 1), torch.tensor(aug.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(view, (images / 255 - mean) / std, atol=1e-5, rtol=0)
+
+
+def test_bad_recipe_is_rejected():
+    with pytest.raises(ValueError, match="flip_prob"):
+        Augment(flip_prob=1.5)
