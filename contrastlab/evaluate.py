@@ -37,23 +37,35 @@ def extract(model: ContrastiveMethod, loader, device: torch.device) -> tuple[tor
     return torch.cat(features), torch.cat(labels)
 
 
-def knn_from_checkpoint(
-    path: str | Path, k: int = 200, t: float = 0.1, root: str | None = None, device: str = "cpu"
+def knn_of_model(
+    model: ContrastiveMethod,
+    data: ContrastDataModule,
+    k: int = 200,
+    t: float = 0.1,
+    device: str = "cpu",
 ) -> float:
-    """kNN top-1 (percent) of a checkpoint on the data it was trained with (or ``root``)."""
-    checkpoint = load_checkpoint_file(path)
-    model = method_from_checkpoint(checkpoint).to(device).eval()
-    saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
-    if root is not None:
-        data_args["root"] = root
-    data = ContrastDataModule(**data_args)
+    """kNN top-1 (percent) of ``model``'s backbone: bank = labelled training split, queries =
+    evaluation split of ``data``."""
     data.setup("validate")
     loaders = data.knn_dataloaders()
     if not loaders:
         raise ValueError(f"{data.dataset}: kNN needs labelled bank and evaluation splits")
     dev = torch.device(device)
+    model = model.to(dev).eval()
     bank_x, bank_y = extract(model, loaders[0], dev)
     eval_x, eval_y = extract(model, loaders[1], dev)
     num_classes = int(torch.cat([bank_y, eval_y]).max()) + 1
     return knn_accuracy(eval_x, eval_y, bank_x, bank_y, num_classes, k, t)
+
+
+def knn_from_checkpoint(
+    path: str | Path, k: int = 200, t: float = 0.1, root: str | None = None, device: str = "cpu"
+) -> float:
+    """kNN top-1 (percent) of a checkpoint on the data it was trained with (or ``root``)."""
+    checkpoint = load_checkpoint_file(path)
+    model = method_from_checkpoint(checkpoint)
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
+    if root is not None:
+        data_args["root"] = root
+    return knn_of_model(model, ContrastDataModule(**data_args), k, t, device)
