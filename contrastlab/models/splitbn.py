@@ -22,29 +22,24 @@ class SplitBatchNorm(nn.BatchNorm2d):
         self.num_splits = num_splits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
         if not self.training or self.num_splits == 1:
             return super().forward(x)
-        if n % self.num_splits:
+        if len(x) % self.num_splits:
             raise ValueError(
-                f"SplitBatchNorm: batch {n} is not divisible by {self.num_splits} splits"
+                f"SplitBatchNorm: batch {len(x)} is not divisible by {self.num_splits} splits"
             )
-        s = self.num_splits
-        mean_split = self.running_mean.repeat(s)
-        var_split = self.running_var.repeat(s)
-        grouped = x.reshape(s, n // s, c, h, w).transpose(0, 1).reshape(n // s, s * c, h, w)
-        out = F.batch_norm(
-            grouped,
-            mean_split,
-            var_split,
-            self.weight.repeat(s),
-            self.bias.repeat(s),
-            True,
-            self.momentum,
-            self.eps,
-        )
-        self.running_mean.copy_(mean_split.view(s, c).mean(0))
-        self.running_var.copy_(var_split.view(s, c).mean(0))
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        return out.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        # One fused batch_norm per group: a batch slice is a view in any memory format
+        # (channels-last included), so only the concatenation copies.
+        means = [self.running_mean.clone() for _ in range(self.num_splits)]
+        variances = [self.running_var.clone() for _ in range(self.num_splits)]
+        groups = x.chunk(self.num_splits)
+        out = torch.cat([
+            F.batch_norm(group, mean, var, self.weight, self.bias, True, self.momentum, self.eps)
+            for group, mean, var in zip(groups, means, variances, strict=True)
+        ])
+        with torch.no_grad():
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+        return out
