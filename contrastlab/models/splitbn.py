@@ -33,10 +33,14 @@ class SplitBatchNorm(nn.BatchNorm2d):
         means = [self.running_mean.clone() for _ in range(self.num_splits)]
         variances = [self.running_var.clone() for _ in range(self.num_splits)]
         groups = x.chunk(self.num_splits)
-        out = torch.cat([
-            F.batch_norm(group, mean, var, self.weight, self.bias, True, self.momentum, self.eps)
-            for group, mean, var in zip(groups, means, variances, strict=True)
-        ])
+        out = torch.cat(
+            [
+                F.batch_norm(
+                    group, mean, var, self.weight, self.bias, True, self.momentum, self.eps
+                )
+                for group, mean, var in zip(groups, means, variances, strict=True)
+            ]
+        )
         with torch.no_grad():
             self.running_mean.copy_(torch.stack(means).mean(0))
             self.running_var.copy_(torch.stack(variances).mean(0))
