@@ -76,4 +76,7 @@ def test_every_preset_is_a_valid_config(preset, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", preset, "--print_config"])
     assert done.value.code in (0, None)
-    assert "class_path: contrastlab.methods.MoCoV2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "class_path: contrastlab.methods.MoCoV2" in out
+    if "synco" in preset or "mochi" in preset:
+        assert "class_path: contrastlab.negatives.SyntheticNegatives" in out

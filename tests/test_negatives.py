@@ -67,7 +67,7 @@ def test_queue_is_checkpoint_state():
     queue = KeyQueue(4, 3)
     queue.push(torch.ones(2, 3), torch.tensor([7, 8]))
     state = queue.state_dict()
-    assert set(state) == {"keys", "indices", "pointer"}
+    assert set(state) == {"keys", "indices", "labels", "pointer"}
     restored = KeyQueue(4, 3, seed=9)
     restored.load_state_dict(state)
     assert torch.equal(restored.keys, queue.keys) and restored.pointer.item() == 2

@@ -67,3 +67,28 @@ def test_short_moco_run_beats_untrained_encoder(tmp_path):
     trained = [float(r["knn/top1"]) for r in rows if r.get("knn/top1")][-1]
     print(f"kNN top-1: untrained {untrained:.2f}%, after 160 steps {trained:.2f}%")
     assert trained > untrained + 0.5
+
+
+def test_moco_step_with_synco_negatives_on_real_images():
+    from contrastlab.negatives import SyntheticNegatives
+
+    lightning.seed_everything(0)
+    data = ContrastDataModule(root=str(ROOT), train_subset=64, batch_size=32)
+    data.setup("fit")
+    images, indices, labels = next(iter(data.train_dataloader()))
+    model = MoCoV2(
+        bn_splits=2,
+        queue_size=256,
+        synthetic=SyntheticNegatives.synco(n_hard=64),
+        synthetic_warmup_epochs=0,
+    )
+    model.queue.push(
+        torch.nn.functional.normalize(torch.randn(256, 128), dim=1), torch.arange(1000, 1256)
+    )
+    views = model.views(images, indices)
+    loss = model.contrastive_loss(views, indices, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert model.backbone.net.conv1.weight.grad.abs().sum() > 0
+    assert model.queue.indices[:32].tolist() == indices.tolist()  # keys enqueued, not synthetics
+    assert model.queue.pointer.item() == 32

@@ -182,3 +182,26 @@ def test_bank_logits_argument_and_errors():
         SyntheticNegatives(mixup=-1)
     with pytest.raises(ValueError, match=r"q \(B, d\) and bank \(M, d\)"):
         synth(q, bank[:, :5])
+
+
+def test_moco_loss_includes_masked_synthetics_after_warmup():
+    from contrastlab.methods import MoCoV2
+    from contrastlab.negatives import infonce_logits, infonce_loss
+
+    synth = SyntheticNegatives(n_hard=6, interpolated=3, mixup=2, adversarial=2)
+    model = MoCoV2(queue_size=20, proj_dim=16, synthetic=synth, synthetic_warmup_epochs=0)
+    model.queue.indices[:] = torch.arange(20)  # queue slot i holds image i
+    q, _ = setup(batch=4, dim=16)
+    k, negatives = unit(4, 16, seed=5), unit(20, 16, seed=6)
+    indices, labels = torch.tensor([0, 1, 2, 3]), torch.full((4,), -1)
+    torch.manual_seed(7)
+    loss = model._infonce(q, k, negatives, indices, labels, first=False)
+    torch.manual_seed(7)
+    same_image = indices[:, None] == torch.arange(20)[None, :]
+    extra = synth(q, negatives, exclude=same_image)
+    expected = infonce_loss(infonce_logits(q, k, negatives, extra), model.hparams.temperature)
+    torch.testing.assert_close(loss, expected)
+    plain = infonce_loss(infonce_logits(q, k, negatives), model.hparams.temperature)
+    assert loss > plain  # extra negatives only add to the denominator
+    model.hparams.synthetic_warmup_epochs = 5  # during warm-up: plain MoCo v2
+    torch.testing.assert_close(model._infonce(q, k, negatives, indices, labels, False), plain)

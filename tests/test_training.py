@@ -26,13 +26,15 @@ TINY = [
 ]
 
 
-def fit(tmp_path: Path, data_root: Path, run: str, *extra: str) -> Path:
+def fit(
+    tmp_path: Path, data_root: Path, run: str, *extra: str, config: str = "cifar10/mocov2"
+) -> Path:
     run_dir = tmp_path / run
     main(
         [
             "fit",
             "--config",
-            "cifar10/mocov2",
+            config,
             "--data.root",
             str(data_root),
             "--trainer.default_root_dir",
@@ -149,3 +151,34 @@ def test_missing_data_says_where_to_put_it(tmp_path):
                 *TINY,
             ]
         )
+
+
+def test_synco_preset_trains_logs_hardness_and_reloads(tmp_path, tiny_cifar, capsys):
+    run_dir = fit(
+        tmp_path,
+        tiny_cifar,
+        "synco",
+        "--model.synthetic.init_args.n_hard",
+        "16",
+        "--model.synthetic_warmup_epochs",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        config="cifar10/mocov2_synco",
+    )
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    for column in (
+        "hardness/positive",
+        "hardness/pool/q99",
+        "hardness/mixup/mean",
+        "hardness/adversarial/q50",
+        "hardness/synthetic_above_positive",
+        "hardness/pool_false_negative_share",
+    ):
+        assert column in header
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["hyper_parameters"]["synthetic"]["n_hard"] == 16
+    main(["knn", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--k", "5"])
+    assert "kNN top-1" in capsys.readouterr().out

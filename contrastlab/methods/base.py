@@ -171,6 +171,8 @@ class ContrastiveMethod(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         states = gather_cat(self.views.get_state().unsqueeze(0).to(self.device)).cpu()
         checkpoint["contrastlab"] = {"view_rng": states, "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["contrastlab"]["cuda_rng"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("contrastlab")
@@ -181,6 +183,8 @@ class ContrastiveMethod(pl.LightningModule):
         if rank < len(view_states):  # a run resumed on more processes keeps fresh seeds
             self.views.set_state(view_states[rank].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
 
 def normalized(x: torch.Tensor) -> torch.Tensor:

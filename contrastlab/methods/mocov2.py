@@ -10,8 +10,10 @@ from torch import nn
 from contrastlab.distributed import broadcast, gather_cat, world
 from contrastlab.methods.base import ContrastiveMethod, full_precision, normalized
 from contrastlab.models.heads import mlp_head
+from contrastlab.negatives.diagnostics import hardness_statistics
 from contrastlab.negatives.losses import infonce_logits, infonce_loss
 from contrastlab.negatives.queue import KeyQueue
+from contrastlab.negatives.synthesis import SyntheticNegatives
 
 
 @torch.no_grad()
@@ -40,6 +42,11 @@ class MoCoV2(ContrastiveMethod):
         shuffle_bn: permute the key batch across the global batch before the key encoder so
             that BN statistics cannot leak the positive (MoCo's shuffle-BN; with one process
             it shuffles across SplitBatchNorm groups).
+        synthetic: synthetic hard negatives drawn from the queue (SynCo, MoCHi); their logits
+            join the denominator, they never enter the queue.
+        synthetic_warmup_epochs: epochs of plain MoCo v2 before synthetics start (10 in SynCo).
+        mask_same_image: keep queue keys of the query's own image out of the hard pool (they
+            occur when the queue is longer than an epoch; a no-op otherwise).
         **kwargs: see :class:`~contrastlab.methods.base.ContrastiveMethod`.
     """
 
@@ -52,9 +59,16 @@ class MoCoV2(ContrastiveMethod):
         temperature: float = 0.1,
         symmetric: bool = False,
         shuffle_bn: bool = True,
+        synthetic: SyntheticNegatives | None = None,
+        synthetic_warmup_epochs: float = 10.0,
+        mask_same_image: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(synthetic, dict):  # from a checkpoint's hyperparameters
+            synthetic = SyntheticNegatives(**synthetic)
+        self.synthetic = synthetic
+        self.hparams["synthetic"] = synthetic.config() if synthetic is not None else None
         self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim)
         self.key_backbone = copy.deepcopy(self.backbone)
         self.key_head = copy.deepcopy(self.head)
@@ -92,13 +106,55 @@ class MoCoV2(ContrastiveMethod):
             pairs.append((self.query(x2), self.key(x1)))
         negatives = self.queue.keys.clone()
         with full_precision(self.device):
-            losses = [self._infonce(q, k, negatives) for q, k in pairs]
+            losses = [
+                self._infonce(q, k, negatives, indices, labels, first=i == 0)
+                for i, (q, k) in enumerate(pairs)
+            ]
         loss = torch.stack(losses).mean()
         keys = torch.cat([k for _, k in pairs])
-        self.queue.push(keys, indices.repeat(len(pairs)))
+        self.queue.push(keys, indices.repeat(len(pairs)), labels.repeat(len(pairs)))
         return loss
 
-    def _infonce(self, q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        logits = infonce_logits(q, k, negatives)
-        self.log("train/positive_logit", logits[:, 0].mean(), on_step=True)
+    @property
+    def synthesis_active(self) -> bool:
+        warm = self.current_epoch >= self.hparams.synthetic_warmup_epochs
+        return self.synthetic is not None and self.synthetic.total > 0 and warm
+
+    def _infonce(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        negatives: torch.Tensor,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        first: bool,
+    ) -> torch.Tensor:
+        negative_logits = q @ negatives.T
+        synthetic_logits, exclude = None, None
+        if self.synthesis_active:
+            if self.hparams.mask_same_image:
+                exclude = indices[:, None] == self.queue.indices[None, :]
+            synthetic_logits = self.synthetic(q, negatives, negative_logits, exclude)
+        logits = infonce_logits(
+            q, k, negative_logits=negative_logits, extra_negative_logits=synthetic_logits
+        )
+        if first:
+            self._log_hardness(logits[:, 0], negative_logits, synthetic_logits, exclude, labels)
         return infonce_loss(logits, self.hparams.temperature)
+
+    def _log_hardness(self, positive, negative_logits, synthetic_logits, exclude, labels) -> None:
+        """Hardness statistics on logging steps only (they need their own top-N)."""
+        self.log("train/positive_logit", positive.mean(), on_step=True)
+        trainer = self._trainer
+        if trainer is None or trainer.global_step % max(1, trainer.log_every_n_steps):
+            return
+        n_hard = self.synthetic.n_hard if self.synthetic is not None else 1024
+        scores = negative_logits.detach()
+        if exclude is not None:
+            scores = scores.masked_fill(exclude, float("-inf"))
+        top = scores.topk(min(n_hard, scores.shape[1]), dim=1)
+        kinds = self.synthetic.kinds_of_columns() if synthetic_logits is not None else None
+        stats = hardness_statistics(
+            positive, top.values, synthetic_logits, kinds, self.queue.labels[top.indices], labels
+        )
+        self.log_dict(stats, on_step=True)

@@ -97,6 +97,16 @@ class SyntheticNegatives:
             adversarial=0,
         )
 
+    def config(self) -> dict[str, float | int]:
+        """Constructor arguments as plain values (for checkpoints and logs)."""
+        return {
+            "n_hard": self.n_hard,
+            **self.counts,
+            "sigma": self.sigma,
+            "delta": self.delta,
+            "eta": self.eta,
+        }
+
     @property
     def layout(self) -> list[tuple[str, int]]:
         """``[(kind, count), ...]`` of the kinds in use, in column order."""
