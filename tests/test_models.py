@@ -27,6 +27,17 @@ def test_split_batchnorm_equals_batchnorm_per_group():
     torch.testing.assert_close(split(x), plain(x))
 
 
+def test_split_batchnorm_rejects_groups_without_statistics():
+    import pytest
+
+    bn = SplitBatchNorm(4, num_splits=4)
+    with pytest.raises(ValueError, match="cannot form 4 groups"):
+        bn(torch.randn(4, 4, 1, 1))  # one value per channel per group
+    with pytest.raises(ValueError, match="divisible by model.bn_splits"):
+        bn(torch.randn(6, 4, 3, 3))
+    assert bn(torch.randn(8, 4, 1, 1)).shape == (8, 4, 1, 1)
+
+
 def test_cifar_stem_keeps_resolution_and_feature_dim():
     net = ResNetBackbone("resnet18", cifar_stem=True)
     assert net.feature_map(torch.randn(2, 3, 16, 16)).shape == (2, 512, 2, 2)

@@ -24,9 +24,12 @@ class SplitBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.num_splits == 1:
             return super().forward(x)
-        if len(x) % self.num_splits:
+        group = len(x) // self.num_splits
+        if len(x) % self.num_splits or group * x[0, 0].numel() < 2:
             raise ValueError(
-                f"SplitBatchNorm: batch {len(x)} is not divisible by {self.num_splits} splits"
+                f"SplitBatchNorm: a batch of {len(x)} cannot form {self.num_splits} groups of "
+                f"more than one value per channel ({tuple(x.shape[2:])} maps); use a batch "
+                f"divisible by model.bn_splits with at least 2 images per group"
             )
         # One fused batch_norm per group: a batch slice is a view in any memory format
         # (channels-last included), so only the concatenation copies.
