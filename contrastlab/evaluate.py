@@ -54,8 +54,7 @@ def knn_of_model(
     model = model.to(dev).eval()
     bank_x, bank_y = extract(model, loaders[0], dev)
     eval_x, eval_y = extract(model, loaders[1], dev)
-    num_classes = int(torch.cat([bank_y, eval_y]).max()) + 1
-    return knn_accuracy(eval_x, eval_y, bank_x, bank_y, num_classes, k, t)
+    return knn_accuracy(eval_x, eval_y, bank_x, bank_y, k=k, temperature=t)
 
 
 def knn_from_checkpoint(

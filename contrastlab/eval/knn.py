@@ -39,11 +39,14 @@ def knn_accuracy(
     labels: torch.Tensor,
     bank: torch.Tensor,
     bank_labels: torch.Tensor,
-    num_classes: int,
+    num_classes: int | None = None,
     k: int = 200,
     temperature: float = 0.1,
 ) -> float:
-    """Top-1 accuracy (percent) of :func:`knn_predict`; features are L2-normalised here."""
+    """Top-1 accuracy (percent) of :func:`knn_predict`; features are L2-normalised here.
+    ``num_classes`` defaults to one more than the largest label of either split."""
+    if num_classes is None:
+        num_classes = int(torch.cat([bank_labels, labels]).max()) + 1
     features, bank = F.normalize(features.float(), dim=1), F.normalize(bank.float(), dim=1)
     scores = knn_predict(features, bank, bank_labels, num_classes, k, temperature)
     return 100.0 * (scores.argmax(dim=1) == labels).float().mean().item()

@@ -160,9 +160,8 @@ class ContrastiveMethod(pl.LightningModule):
             return
         bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
         eval_x, eval_y = (gather_cat(torch.cat(t)) for t in zip(*evaluation, strict=True))
-        num_classes = int(torch.cat([bank_y, eval_y]).max()) + 1
         top1 = knn_accuracy(
-            eval_x, eval_y, bank_x, bank_y, num_classes, self.hparams.knn_k, self.hparams.knn_t
+            eval_x, eval_y, bank_x, bank_y, k=self.hparams.knn_k, temperature=self.hparams.knn_t
         )
         self.log("knn/top1", top1, prog_bar=True, rank_zero_only=True)
 

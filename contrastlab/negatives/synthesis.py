@@ -171,7 +171,14 @@ class SyntheticNegatives:
                 draws[kind] = {"i": pick(count)}
         return draws
 
-    def _prepare(self, q, bank, bank_logits, exclude, generator):
+    def _prepare(
+        self,
+        q: torch.Tensor,
+        bank: torch.Tensor,
+        bank_logits: torch.Tensor | None,
+        exclude: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Pool, dict[str, dict[str, torch.Tensor]]]:
         if q.ndim != 2 or bank.ndim != 2 or q.shape[1] != bank.shape[1]:
             raise ValueError(
                 f"need q (B, d) and bank (M, d), got {tuple(q.shape)} and {tuple(bank.shape)}"
