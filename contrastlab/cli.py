@@ -4,6 +4,8 @@
 pretrains (Lightning's CLI: constructor signatures are the config schema); ``--resume [PATH]``
 continues from a checkpoint (``last.ckpt`` of the run directory by default).
 ``contrastlab knn --checkpoint PATH`` evaluates a checkpoint with weighted kNN.
+``contrastlab crops --checkpoint PATH --out crops.png`` draws what the encoder attends to:
+heatmaps, ContrastiveCrop boxes and sampled crops of training images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-COMMANDS = ("fit", "knn", "presets")
+COMMANDS = ("fit", "knn", "crops", "presets")
 
 
 def preset_dir() -> Path:
@@ -128,6 +130,49 @@ def knn(args: list[str]) -> None:
     print(f"kNN top-1 {top1:.2f}% (k={options.k}, t={options.t}) {options.checkpoint}")
 
 
+def crops(args: list[str]) -> None:
+    import argparse
+
+    from contrastlab.data.datasets import images_at
+    from contrastlab.evaluate import data_from_checkpoint, method_from_checkpoint
+    from contrastlab.figures import crop_picture, draw_crop_picture, save_figure
+    from contrastlab.training import load_checkpoint_file
+
+    parser = argparse.ArgumentParser(
+        prog="contrastlab crops",
+        description="Draw training images with the encoder's heatmap, its ContrastiveCrop box "
+        "and sampled crops.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a contrastlab .ckpt file")
+    parser.add_argument("--out", default="crops.png", help="image file (default crops.png)")
+    parser.add_argument("--images", type=int, default=8, help="rows (default 8)")
+    parser.add_argument("--crops", type=int, default=4, help="crops per image (default 4)")
+    parser.add_argument("--threshold", type=float, default=None, help="default: the run's")
+    parser.add_argument("--alpha", type=float, default=None, help="default: the run's")
+    parser.add_argument("--seed", type=int, default=0, help="which images and crops")
+    parser.add_argument("--data.root", dest="root", default=None, help="default: the run's")
+    options = parser.parse_args(args)
+    checkpoint = load_checkpoint_file(options.checkpoint)
+    model = method_from_checkpoint(checkpoint)
+    data = data_from_checkpoint(checkpoint, options.root)
+    data.setup("fit")
+    generator = torch.Generator().manual_seed(options.seed)
+    count = min(options.images, len(data.train_set))
+    indices = torch.randperm(len(data.train_set), generator=generator)[:count]
+    picture = crop_picture(
+        model,
+        images_at(data.train_set, indices),
+        indices,
+        options.crops,
+        options.threshold,
+        options.alpha,
+        options.seed,
+    )
+    title = f"{Path(options.checkpoint).name}, epoch {checkpoint.get('epoch', '?')}"
+    out = save_figure(draw_crop_picture(picture, title), options.out)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -147,6 +192,8 @@ def run(command: str, rest: list[str]) -> None:
         fit(rest)
     elif command == "knn":
         knn(rest)
+    elif command == "crops":
+        crops(rest)
     elif command == "presets":
         print("\n".join(list_presets()))
     else:

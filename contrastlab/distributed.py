@@ -38,3 +38,13 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if world()[1] > 1:
         dist.broadcast(tensor, src)
     return tensor
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equal-sized ``tensor`` from every process in rank order, gradients flowing
+    back to each process's own rows (SimCLR's global negatives)."""
+    if world()[1] == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()))

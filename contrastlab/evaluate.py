@@ -63,8 +63,13 @@ def knn_from_checkpoint(
     """kNN top-1 (percent) of a checkpoint on the data it was trained with (or ``root``)."""
     checkpoint = load_checkpoint_file(path)
     model = method_from_checkpoint(checkpoint)
+    return knn_of_model(model, data_from_checkpoint(checkpoint, root), k, t, device)
+
+
+def data_from_checkpoint(checkpoint: dict, root: str | None = None) -> ContrastDataModule:
+    """The data module a checkpoint was trained with (optionally read from another ``root``)."""
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
     if root is not None:
         data_args["root"] = root
-    return knn_of_model(model, ContrastDataModule(**data_args), k, t, device)
+    return ContrastDataModule(**data_args)

@@ -77,6 +77,12 @@ def test_every_preset_is_a_valid_config(preset, capsys):
         main(["fit", "--config", preset, "--print_config"])
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
-    assert "class_path: contrastlab.methods.MoCoV2" in out
+    framework = preset.split("/")[1].split("_")[0]
+    names = {"mocov2": "MoCoV2", "simclr": "SimCLR", "byol": "BYOL", "simsiam": "SimSiam"}
+    assert f"class_path: contrastlab.methods.{names[framework]}" in out
     if "synco" in preset or "mochi" in preset:
         assert "class_path: contrastlab.negatives.SyntheticNegatives" in out
+    if "_ccrop" in preset:
+        assert "class_path: contrastlab.views.ContrastiveCrop" in out
+    if "simccrop" in preset:
+        assert "class_path: contrastlab.views.SimCCrop" in out

@@ -67,8 +67,25 @@ def test_fit_writes_run_directory_and_knn_runs(tmp_path, tiny_cifar, capsys):
     assert "kNN top-1" in capsys.readouterr().out
 
 
-def test_resume_is_bit_identical(tmp_path, tiny_cifar):
-    straight = fit(tmp_path, tiny_cifar, "straight", "--trainer.max_epochs", "2")
+# ContrastiveCrop localises before epoch 0 only, so epoch 1 of the resumed run must use the
+# boxes restored from the checkpoint (a store that did not survive would change the crops)
+CCROP_ONCE = [
+    "--model.crop.init_args.warmup_epochs",
+    "0",
+    "--model.crop.init_args.interval",
+    "5",
+    "--model.crop.init_args.threshold",
+    "0.5",
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "extra"), [("cifar10/mocov2", []), ("cifar10/mocov2_ccrop", CCROP_ONCE)]
+)
+def test_resume_is_bit_identical(tmp_path, tiny_cifar, config, extra):
+    straight = fit(
+        tmp_path, tiny_cifar, "straight", "--trainer.max_epochs", "2", *extra, config=config
+    )
     first = fit(
         tmp_path,
         tiny_cifar,
@@ -76,10 +93,24 @@ def test_resume_is_bit_identical(tmp_path, tiny_cifar):
         "--trainer.max_epochs",
         "2",
         "--trainer.callbacks+=conftest.StopAfterFirstEpoch",
+        *extra,
+        config=config,
     )
     saved = load_checkpoint_file(first / "checkpoints" / "last.ckpt")
     assert saved["global_step"] == 6
-    fit(tmp_path, tiny_cifar, "resumed", "--trainer.max_epochs", "2", "--resume")
+    if extra:
+        boxes = saved["state_dict"]["views.box_sampler.boxes"]
+        assert (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any()
+    fit(
+        tmp_path,
+        tiny_cifar,
+        "resumed",
+        "--trainer.max_epochs",
+        "2",
+        "--resume",
+        *extra,
+        config=config,
+    )
     a = load_checkpoint_file(straight / "checkpoints" / "last.ckpt")
     b = load_checkpoint_file(first / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 12

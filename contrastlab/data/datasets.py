@@ -58,3 +58,10 @@ class LazyImageFolder(Dataset):
 
 
 collate_lazy = default_collate
+
+
+def images_at(dataset: InMemoryImages | LazyImageFolder, indices: torch.Tensor) -> torch.Tensor:
+    """The uint8 images ``(n, 3, H, W)`` at dataset ``indices``, un-augmented."""
+    if isinstance(dataset, InMemoryImages):
+        return dataset.images[indices.to(dataset.images.device)].cpu()
+    return torch.stack([dataset[int(i)][0] for i in indices])

@@ -206,6 +206,11 @@ class ContrastDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)
 
+    def localization_dataloader(self) -> DataLoader:
+        """This process's share of the pretraining split, un-augmented, in dataset order
+        (ContrastiveCrop's localisation pass)."""
+        return self._loader(self.train_set, self.eval_batch_size, train=False)
+
     def knn_dataloaders(self) -> list[DataLoader]:
         """``[bank, evaluation]`` loaders in dataset order, or ``[]`` without labelled splits."""
         if self.bank_set is None or self.eval_set is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import AbstractContextManager
@@ -9,6 +10,7 @@ from dataclasses import asdict
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2.functional import center_crop, resize
 
@@ -16,6 +18,8 @@ from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import ResNetBackbone
 from contrastlab.views.augment import Augment, ViewSampler
+from contrastlab.views.boxes import ContrastiveCrop
+from contrastlab.views.localize import localize_boxes
 
 
 def full_precision(device: torch.device) -> AbstractContextManager:
@@ -40,9 +44,35 @@ def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
         x = center_crop(x, [augment.size, augment.size])
     elif x.shape[-1] < augment.size:
         x = resize(x, [augment.size, augment.size], antialias=True)
+    return standardize(x, augment)
+
+
+def whole_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
+    """The whole un-augmented uint8 image, normalised as the training views (localisation)."""
+    return standardize(images.float().div_(255), augment)
+
+
+def standardize(x: torch.Tensor, augment: Augment) -> torch.Tensor:
     mean = torch.tensor(augment.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(augment.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """``theta_target <- m theta_target + (1 - m) theta_online`` for every parameter pair."""
+    target_params = list(target.parameters())
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that no optimiser updates (momentum targets)."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad = False
+    return target
 
 
 class ContrastiveMethod(pl.LightningModule):
@@ -58,6 +88,8 @@ class ContrastiveMethod(pl.LightningModule):
         knn_k, knn_t: the kNN monitor's neighbours and temperature.
         channels_last: NHWC memory layout (faster convolutions on most devices).
         seed: seeds the views (per process) and the initial state of the method.
+        crop: where views are cropped: RandomResizedCrop when ``None``, else ContrastiveCrop
+            (or SimCCrop), whose per-image boxes this module localises on schedule.
     """
 
     def __init__(
@@ -74,14 +106,18 @@ class ContrastiveMethod(pl.LightningModule):
         knn_t: float = 0.1,
         channels_last: bool = True,
         seed: int = 0,
+        crop: ContrastiveCrop | None = None,
     ) -> None:
         super().__init__()
         augment = Augment(**augment) if isinstance(augment, dict) else augment
-        self.save_hyperparameters()
-        self.hparams["augment"] = asdict(augment)  # plain values: checkpoints load weights_only
+        crop = ContrastiveCrop(**crop) if isinstance(crop, dict) else crop
+        self.save_hyperparameters(ignore=["crop"])
+        # plain values: checkpoints load with weights_only
+        self.hparams["augment"] = asdict(augment)
+        self.hparams["crop"] = crop.config() if crop is not None else None
         self.augment = augment
         self.backbone = ResNetBackbone(backbone, cifar_stem, bn_splits)
-        self.views = ViewSampler([augment, augment], seed=seed)
+        self.views = ViewSampler([augment, augment], box_sampler=crop, seed=seed)
         self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
         self._epoch_start = 0.0
         self._epoch_images = 0
@@ -96,6 +132,16 @@ class ContrastiveMethod(pl.LightningModule):
     def momentum_update(self) -> None:
         """Frameworks with a momentum encoder update it here (once per step, before the loss)."""
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser parameter groups; a group with ``"fixed_lr": True`` keeps its learning
+        rate out of the schedule (SimSiam's predictor)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    @property
+    def crop(self) -> ContrastiveCrop | None:
+        sampler = self.views.box_sampler
+        return sampler if isinstance(sampler, ContrastiveCrop) else None
+
     # ------------------------------------------------------------------ setup and training
 
     def setup(self, stage: str) -> None:
@@ -103,6 +149,14 @@ class ContrastiveMethod(pl.LightningModule):
         self.views.reseed(self.hparams.seed * 1_000_003 + rank)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
+        if self.crop is not None and stage == "fit":
+            self.crop.reset(len(self._training_data().train_set))
+
+    def _training_data(self):
+        data = getattr(self.trainer, "datamodule", None)
+        if data is None or not hasattr(data, "localization_dataloader"):
+            raise TypeError("ContrastiveCrop needs the training data as a ContrastDataModule")
+        return data
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
@@ -117,8 +171,40 @@ class ContrastiveMethod(pl.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
 
+    def on_train_start(self) -> None:
+        crop, data = self.crop, getattr(self.trainer, "datamodule", None)
+        if crop is not None and len(crop.boxes) != len(data.train_set):
+            raise ValueError(
+                f"the checkpoint holds ContrastiveCrop boxes for {len(crop.boxes)} images but the "
+                f"training set has {len(data.train_set)}: resume with the same data settings"
+            )
+
     def on_train_epoch_start(self) -> None:
+        crop = self.crop
+        if crop is not None:
+            if crop.localization_due(self.current_epoch):
+                self.localize()
+            crop.start_if_due(self.current_epoch)
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
+
+    @torch.no_grad()
+    def localize(self) -> None:
+        """Recompute every training image's ContrastiveCrop box with the current encoder (eval
+        mode, whole un-augmented images, one batched pass; each process takes its share and
+        the boxes are gathered, so every process stores the same boxes)."""
+        crop, was_training = self.crop, self.training
+        self.eval()
+        found_indices, found_boxes = [], []
+        for images, indices, _ in self._training_data().localization_dataloader():
+            images = images.to(self.device, non_blocking=True)
+            with torch.autocast(
+                self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"
+            ):
+                maps = self.backbone.feature_map(self._layout(whole_view(images, self.augment)))
+            found_boxes.append(localize_boxes(maps, images.shape[-2:], crop.threshold))
+            found_indices.append(indices.to(self.device))
+        crop.update(gather_cat(torch.cat(found_indices)), gather_cat(torch.cat(found_boxes)))
+        self.train(was_training)
 
     def on_train_epoch_end(self) -> None:
         elapsed = time.perf_counter() - self._epoch_start
@@ -126,8 +212,10 @@ class ContrastiveMethod(pl.LightningModule):
         self.log("train/images_per_sec", rate, prog_bar=False)
 
     def configure_optimizers(self):
+        groups = self.parameter_groups()
+        fixed = [bool(g.pop("fixed_lr", False)) for g in groups]
         optimizer = torch.optim.SGD(
-            self.parameters(),
+            groups,
             lr=self.hparams.lr,
             momentum=self.hparams.sgd_momentum,
             weight_decay=self.hparams.weight_decay,
@@ -135,8 +223,12 @@ class ContrastiveMethod(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = int(self.hparams.warmup_epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            return cosine_with_warmup(step, total, warmup)
+
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, total, warmup)
+            optimizer, [(lambda step: 1.0) if f else factor for f in fixed]
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

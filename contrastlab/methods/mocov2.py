@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from contrastlab.distributed import broadcast, gather_cat, world
-from contrastlab.methods.base import ContrastiveMethod, full_precision, normalized
+from contrastlab.methods.base import (
+    ContrastiveMethod,
+    frozen_copy,
+    full_precision,
+    momentum_update,
+    normalized,
+)
 from contrastlab.models.heads import mlp_head
 from contrastlab.negatives.diagnostics import hardness_statistics
 from contrastlab.negatives.losses import infonce_logits, infonce_loss
 from contrastlab.negatives.queue import KeyQueue
 from contrastlab.negatives.synthesis import SyntheticNegatives
-
-
-@torch.no_grad()
-def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """``theta_k <- m theta_k + (1 - m) theta_q`` for every parameter pair."""
-    target_params = [p for p in target.parameters()]
-    online_params = [p.detach() for p in online.parameters()]
-    torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
 
 
 class MoCoV2(ContrastiveMethod):
@@ -70,10 +64,8 @@ class MoCoV2(ContrastiveMethod):
         self.synthetic = synthetic
         self.hparams["synthetic"] = synthetic.config() if synthetic is not None else None
         self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim)
-        self.key_backbone = copy.deepcopy(self.backbone)
-        self.key_head = copy.deepcopy(self.head)
-        for p in [*self.key_backbone.parameters(), *self.key_head.parameters()]:
-            p.requires_grad = False
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_head = frozen_copy(self.head)
         self.queue = KeyQueue(queue_size, proj_dim, seed=self.hparams.seed)
 
     def momentum_update(self) -> None:

@@ -35,3 +35,39 @@ def infonce_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     ``-mean_i log( exp(l_i0 / T) / sum_j exp(l_ij / T) )``."""
     targets = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits.float() / temperature, targets)
+
+
+def ntxent_logits(
+    z: torch.Tensor, candidates: torch.Tensor | None = None, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's similarities: ``z`` ``(2n, d)`` unit vectors, rows ``[view 1 of n images; view 2
+    of the same n]``, against every embedding of the global batch ``candidates`` ``(M, d)``
+    (``z`` itself on one process; ``z`` sits at rows ``offset .. offset + 2n - 1``).
+
+    Returns ``(logits, positives)``: ``(2n, M)`` raw similarities with each row's own column set
+    to ``-inf``, and ``(2n,)`` the column of each row's other view.
+    """
+    candidates = z if candidates is None else candidates
+    pairs = len(z) // 2
+    if len(z) != 2 * pairs:
+        raise ValueError(f"NT-Xent needs two views of each image, got {len(z)} rows")
+    rows = torch.arange(len(z), device=z.device)
+    logits = z @ candidates.T
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[rows, offset + rows] = True
+    positives = offset + (rows + pairs) % len(z)
+    return logits.masked_fill(own, float("-inf")), positives
+
+
+def ntxent_loss(
+    logits: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: float,
+    extra_negative_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """NT-Xent: ``-mean_i log( exp(s_i,p(i) / T) / sum_{j != i} exp(s_ij / T) )`` over the 2n
+    views, ``p(i)`` the other view of ``i``'s image; ``extra_negative_logits`` ``(2n, S)`` join
+    the denominator (synthetic negatives)."""
+    if extra_negative_logits is not None:
+        logits = torch.cat([logits, extra_negative_logits], dim=1)
+    return F.cross_entropy(logits.float() / temperature, positives)

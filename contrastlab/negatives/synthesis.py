@@ -135,7 +135,12 @@ class SyntheticNegatives:
         scores = logits.detach()
         if exclude is not None:
             scores = scores.masked_fill(exclude, float("-inf"))
-        top = scores.topk(min(self.n_hard, bank.shape[0]), dim=1).indices
+        available = bank.shape[0]
+        if exclude is not None:  # every row keeps the same pool size, all of it allowed
+            available -= int(exclude.sum(dim=1).max())
+        if available < 1:
+            raise ValueError("every bank entry is excluded for some query: no hard pool")
+        top = scores.topk(min(self.n_hard, available), dim=1).indices
         return Pool(top, logits.gather(1, top))
 
     def _draws(

@@ -1,0 +1,126 @@
+"""Pictures of what an encoder attends to: ContrastiveCrop heatmaps, boxes and sampled crops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from contrastlab.methods.base import ContrastiveMethod, whole_view
+from contrastlab.views.crops import crop_and_resize
+from contrastlab.views.localize import boxes_from_heatmaps, center_suppressed_boxes, heatmaps
+
+
+@dataclass
+class CropPicture:
+    """Everything one figure shows, per image: ``images`` uint8 ``(N, 3, H, W)``, ``heat``
+    ``(N, H, W)``, ``boxes`` fresh from the encoder and ``stored`` from the run's box store
+    (``(N, 4)`` fractions, or ``None``), and ``crops`` ``(N, n_crops, 4)`` pixel boxes."""
+
+    images: torch.Tensor
+    heat: torch.Tensor
+    boxes: torch.Tensor
+    stored: torch.Tensor | None
+    crops: torch.Tensor
+
+
+@torch.no_grad()
+def crop_picture(
+    model: ContrastiveMethod,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    n_crops: int = 4,
+    threshold: float | None = None,
+    alpha: float | None = None,
+    seed: int = 0,
+) -> CropPicture:
+    """Localise ``images`` with ``model``'s encoder (eval mode) as ContrastiveCrop does, and
+    sample ``n_crops`` center-suppressed crops per image. ``threshold`` and ``alpha`` default
+    to the model's ContrastiveCrop settings (0.1 and 0.1 without one)."""
+    crop = model.crop
+    threshold = threshold if threshold is not None else (crop.threshold if crop else 0.1)
+    alpha = alpha if alpha is not None else (crop.alpha if crop else 0.1)
+    scale, ratio = (crop.scale, crop.ratio) if crop else (model.augment.scale, model.augment.ratio)
+    model.eval()
+    size = (images.shape[-2], images.shape[-1])
+    heat = heatmaps(model.backbone.feature_map(whole_view(images, model.augment)), size)
+    boxes = boxes_from_heatmaps(heat, threshold)
+    generator = torch.Generator().manual_seed(seed)
+    crops = torch.stack(
+        [
+            center_suppressed_boxes(boxes, size, scale, ratio, alpha, generator)
+            for _ in range(n_crops)
+        ],
+        dim=1,
+    )
+    stored = None
+    if crop is not None and len(crop.boxes) > int(indices.max()):
+        stored = crop.boxes[indices].cpu()
+    return CropPicture(images.cpu(), heat.cpu(), boxes.cpu(), stored, crops)
+
+
+def draw_crop_picture(picture: CropPicture, title: str = "") -> Figure:
+    """A grid, one row per image: the image; its heatmap with the object box (solid: fresh from
+    the encoder; dashed: the box store used in training); the sampled crops outlined; then
+    each crop cut out and resized as a training view would be (before colour augmentation)."""
+    n, n_crops = picture.crops.shape[:2]
+    height, width = picture.images.shape[-2:]
+    columns = 3 + n_crops
+    figure = Figure(figsize=(1.6 * columns, 1.6 * n + (0.4 if title else 0)), layout="constrained")
+    axes = figure.subplots(n, columns, squeeze=False)
+    headers = ["image", "heatmap + box", "crops", *[f"crop {j + 1}" for j in range(n_crops)]]
+    for column, header in enumerate(headers):
+        axes[0, column].set_title(header, fontsize=8)
+    colours = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"]
+    for i in range(n):
+        image = picture.images[i].permute(1, 2, 0).numpy()
+        row = axes[i]
+        row[0].imshow(image)
+        row[1].imshow(image)
+        row[1].imshow(picture.heat[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        row[1].add_patch(_box_patch(picture.boxes[i], height, width, "white", "-"))
+        if picture.stored is not None:
+            row[1].add_patch(_box_patch(picture.stored[i], height, width, "yellow", "--"))
+        row[2].imshow(image)
+        cut = crop_and_resize(
+            picture.images[i : i + 1].float().expand(n_crops, -1, -1, -1) / 255,
+            picture.crops[i],
+            max(height, width),
+        )
+        for j in range(n_crops):
+            top, left, h, w = picture.crops[i, j].tolist()
+            colour = colours[j % len(colours)]
+            row[2].add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, ec=colour, lw=1))
+            row[3 + j].imshow(cut[j].permute(1, 2, 0).clamp(0, 1).numpy())
+            for spine in row[3 + j].spines.values():
+                spine.set_edgecolor(colour)
+        for axis in row:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def _box_patch(box: torch.Tensor, height: int, width: int, colour: str, style: str) -> Rectangle:
+    top, left, bottom, right = box.tolist()
+    return Rectangle(
+        (left * width - 0.5, top * height - 0.5),
+        (right - left) * width,
+        (bottom - top) * height,
+        fill=False,
+        ec=colour,
+        ls=style,
+        lw=1.5,
+    )
+
+
+def save_figure(figure: Figure, out: str | Path, dpi: int = 150) -> Path:
+    """Write ``figure`` (PNG, PDF or SVG by suffix); the folder is created."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=dpi)
+    return out

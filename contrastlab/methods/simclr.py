@@ -1,0 +1,73 @@
+"""SimCLR: NT-Xent over the 2B views of the global batch (Chen et al. 2020)."""
+
+from __future__ import annotations
+
+import torch
+
+from contrastlab.distributed import gather_with_grad, world
+from contrastlab.methods.base import ContrastiveMethod, full_precision, normalized
+from contrastlab.models.heads import mlp_head
+from contrastlab.negatives.losses import ntxent_logits, ntxent_loss
+from contrastlab.negatives.synthesis import SyntheticNegatives
+
+
+class SimCLR(ContrastiveMethod):
+    """SimCLR.
+
+    Both views go through one encoder and head, ``z = norm(g(f(x)))``; each view's positive is
+    the other view of its image and its negatives are the other ``2B - 2`` views of the global
+    batch (gathered across processes with gradients): NT-Xent at temperature ``T``.
+
+    Args:
+        proj_hidden, proj_dim: MLP head ``feature_dim -> proj_hidden -> proj_dim``.
+        proj_batch_norm: BatchNorm in the head's hidden layer.
+        temperature: ``T`` (0.5 on CIFAR).
+        synthetic: synthetic hard negatives made from each view's hardest in-batch negatives
+            (its own column and its positive excluded); their logits join the denominator.
+        synthetic_warmup_epochs: epochs of plain SimCLR before synthetics start.
+        bn_splits, lr, weight_decay: the CIFAR recipe's defaults (batch 512, lr 0.5, wd 1e-4).
+        **kwargs: see :class:`~contrastlab.methods.base.ContrastiveMethod`.
+    """
+
+    def __init__(
+        self,
+        proj_hidden: int = 512,
+        proj_dim: int = 128,
+        proj_batch_norm: bool = False,
+        temperature: float = 0.5,
+        synthetic: SyntheticNegatives | None = None,
+        synthetic_warmup_epochs: float = 10.0,
+        bn_splits: int = 1,
+        lr: float = 0.5,
+        weight_decay: float = 1e-4,
+        **kwargs,
+    ) -> None:
+        super().__init__(bn_splits=bn_splits, lr=lr, weight_decay=weight_decay, **kwargs)
+        if isinstance(synthetic, dict):  # from a checkpoint's hyperparameters
+            synthetic = SyntheticNegatives(**synthetic)
+        self.synthetic = synthetic
+        self.hparams["synthetic"] = synthetic.config() if synthetic is not None else None
+        self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim, proj_batch_norm)
+
+    @property
+    def synthesis_active(self) -> bool:
+        warm = self.current_epoch >= self.hparams.synthetic_warmup_epochs
+        return self.synthetic is not None and self.synthetic.total > 0 and warm
+
+    def contrastive_loss(
+        self, views: list[torch.Tensor], indices: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        x1, x2 = views
+        z = normalized(self.head(self.backbone(torch.cat([x1, x2]))))
+        rank, _ = world()
+        with full_precision(self.device):
+            candidates = gather_with_grad(z)
+            logits, positives = ntxent_logits(z, candidates, offset=rank * len(z))
+            self.log("train/positive_logit", logits.gather(1, positives[:, None]).mean())
+            synthetic_logits = None
+            if self.synthesis_active:
+                bank = candidates.detach()
+                excluded = torch.isinf(logits)
+                excluded[torch.arange(len(z), device=z.device), positives] = True
+                synthetic_logits = self.synthetic(z, bank, z @ bank.T, excluded)
+            return ntxent_loss(logits, positives, self.hparams.temperature, synthetic_logits)
