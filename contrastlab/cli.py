@@ -3,9 +3,15 @@
 ``contrastlab fit --config cifar10/mocov2 [--trainer.max_epochs 2 --data.root DIR ...]``
 pretrains (Lightning's CLI: constructor signatures are the config schema); ``--resume [PATH]``
 continues from a checkpoint (``last.ckpt`` of the run directory by default).
-``contrastlab knn --checkpoint PATH`` evaluates a checkpoint with weighted kNN.
+``contrastlab knn --checkpoint PATH [--k 20 200 --t 0.1]`` evaluates a checkpoint with weighted
+kNN; ``contrastlab linear --checkpoint PATH [--mode fast|paper]`` with a linear probe;
+``contrastlab finetune --checkpoint PATH --labels 1%|10%|N`` fine-tunes on a class-balanced
+labelled subset; ``contrastlab export --checkpoint PATH --format torchvision|timm|detectron2
+--out F`` writes the backbone for other tools.
 ``contrastlab crops --checkpoint PATH --out crops.png`` draws what the encoder attends to:
 heatmaps, ContrastiveCrop boxes and sampled crops of training images.
+``contrastlab report RUN_DIR [RUN_DIR ...]`` writes an HTML report (curves, kNN, hardness,
+crops, embedding), comparing runs when given several.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-COMMANDS = ("fit", "knn", "crops", "presets")
+COMMANDS = ("fit", "knn", "linear", "finetune", "export", "crops", "report", "presets")
 
 
 def preset_dir() -> Path:
@@ -105,52 +111,134 @@ def fit(args: list[str]) -> None:
         sys.argv = argv
 
 
-def knn(args: list[str]) -> None:
+def _checkpoint_parser(prog: str, description: str):
     import argparse
 
-    from contrastlab.evaluate import knn_from_checkpoint
-
-    parser = argparse.ArgumentParser(
-        prog="contrastlab knn", description="Weighted kNN accuracy of a checkpoint."
-    )
+    parser = argparse.ArgumentParser(prog=f"contrastlab {prog}", description=description)
     parser.add_argument("--checkpoint", required=True, help="a contrastlab .ckpt file")
-    parser.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
-    parser.add_argument("--t", type=float, default=0.1, help="temperature (default 0.1)")
     parser.add_argument(
-        "--data.root",
-        dest="root",
-        default=None,
-        help="data root (default: the one the checkpoint was trained with)",
+        "--data.root", dest="root", default=None, help="default: the run's data root"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    options = parser.parse_args(args)
-    top1 = knn_from_checkpoint(
-        options.checkpoint, options.k, options.t, options.root, options.device
+    return parser
+
+
+def knn(args: list[str]) -> None:
+    from contrastlab.evaluate import knn_grid
+
+    parser = _checkpoint_parser("knn", "Weighted kNN accuracy of a checkpoint (cached features).")
+    parser.add_argument("--k", type=int, nargs="+", default=[200], help="neighbours (200)")
+    parser.add_argument("--t", type=float, nargs="+", default=[0.1], help="temperature (0.1)")
+    parser.add_argument("--bank-split", default=None, help="labelled bank split (train)")
+    parser.add_argument("--eval-split", default=None, help="query split (test / val)")
+    o = parser.parse_args(args)
+    grid = knn_grid(o.checkpoint, o.k, o.t, o.root, o.device, o.bank_split, o.eval_split)
+    for k, t, top1 in grid:
+        print(f"kNN top-1 {top1:.2f}% (k={k}, t={t}) {o.checkpoint}")
+
+
+def linear(args: list[str]) -> None:
+    from contrastlab.evaluate import linear_probe
+
+    parser = _checkpoint_parser("linear", "Linear probe on the frozen backbone (BN in eval).")
+    parser.add_argument(
+        "--mode",
+        choices=["fast", "paper"],
+        default="fast",
+        help="fast: cached centre-view features (seconds); paper: augmented images each epoch",
     )
-    print(f"kNN top-1 {top1:.2f}% (k={options.k}, t={options.t}) {options.checkpoint}")
+    parser.add_argument("--epochs", type=int, default=100, help="100; lr x0.1 at 60%% and 80%%")
+    parser.add_argument("--lr", type=float, default=10.0, help="SGD lr (10, the CIFAR protocol)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--train-subset", type=int, default=None, help="seeded subset size")
+    parser.add_argument("--eval-subset", type=int, default=None, help="seeded subset size")
+    o = parser.parse_args(args)
+    result = linear_probe(
+        o.checkpoint,
+        o.mode,
+        o.epochs,
+        o.lr,
+        o.batch_size,
+        o.train_subset,
+        o.eval_subset,
+        o.root,
+        o.device,
+    )
+    print(result.summary())
+
+
+def finetune(args: list[str]) -> None:
+    from contrastlab.evaluate import finetune_checkpoint
+
+    parser = _checkpoint_parser("finetune", "Fine-tune on a class-balanced labelled subset.")
+    parser.add_argument("--labels", default="1%", help="1%%, 10%% (of each class) or a count N")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=0.01, help="backbone lr (0.01)")
+    parser.add_argument("--head-lr", type=float, default=0.1, help="classifier lr (0.1)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eval-subset", type=int, default=None, help="seeded subset size")
+    parser.add_argument("--seed", type=int, default=0, help="which labelled subset")
+    o = parser.parse_args(args)
+    result = finetune_checkpoint(
+        o.checkpoint,
+        o.labels,
+        o.epochs,
+        o.lr,
+        o.head_lr,
+        o.batch_size,
+        o.eval_subset,
+        o.seed,
+        o.root,
+        o.device,
+    )
+    print(result.summary())
+
+
+def export(args: list[str]) -> None:
+    from contrastlab.evaluate import method_from_checkpoint
+    from contrastlab.export import FORMATS, export_backbone
+    from contrastlab.training import load_checkpoint_file
+
+    parser = _checkpoint_parser("export", "Write the pretrained backbone for another tool.")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--out", required=True, help="output file (.pth / .pkl)")
+    o = parser.parse_args(args)
+    model = method_from_checkpoint(load_checkpoint_file(o.checkpoint))
+    out = export_backbone(model, o.format, o.out)
+    print(f"wrote {out} ({o.format}; how to load it: {out}.json)")
+
+
+def report(args: list[str]) -> None:
+    import argparse
+
+    from contrastlab.report import write_report
+
+    parser = argparse.ArgumentParser(
+        prog="contrastlab report", description="An HTML report of one run, or several compared."
+    )
+    parser.add_argument("runs", nargs="+", help="run directories (trainer.default_root_dir)")
+    parser.add_argument("--out", default=None, help="default: the run dir / reports/<names>")
+    parser.add_argument("--embed-subset", type=int, default=2000, help="points in the PCA plot")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o = parser.parse_args(args)
+    print(f"wrote {write_report(o.runs, o.out, o.embed_subset, o.device)}")
 
 
 def crops(args: list[str]) -> None:
-    import argparse
-
     from contrastlab.data.datasets import images_at
     from contrastlab.evaluate import data_from_checkpoint, method_from_checkpoint
     from contrastlab.figures import crop_picture, draw_crop_picture, save_figure
     from contrastlab.training import load_checkpoint_file
 
-    parser = argparse.ArgumentParser(
-        prog="contrastlab crops",
-        description="Draw training images with the encoder's heatmap, its ContrastiveCrop box "
-        "and sampled crops.",
+    parser = _checkpoint_parser(
+        "crops", "Training images with the encoder's heatmap, ContrastiveCrop box and crops."
     )
-    parser.add_argument("--checkpoint", required=True, help="a contrastlab .ckpt file")
     parser.add_argument("--out", default="crops.png", help="image file (default crops.png)")
     parser.add_argument("--images", type=int, default=8, help="rows (default 8)")
     parser.add_argument("--crops", type=int, default=4, help="crops per image (default 4)")
     parser.add_argument("--threshold", type=float, default=None, help="default: the run's")
     parser.add_argument("--alpha", type=float, default=None, help="default: the run's")
     parser.add_argument("--seed", type=int, default=0, help="which images and crops")
-    parser.add_argument("--data.root", dest="root", default=None, help="default: the run's")
     options = parser.parse_args(args)
     checkpoint = load_checkpoint_file(options.checkpoint)
     model = method_from_checkpoint(checkpoint)
@@ -160,8 +248,8 @@ def crops(args: list[str]) -> None:
     count = min(options.images, len(data.train_set))
     indices = torch.randperm(len(data.train_set), generator=generator)[:count]
     picture = crop_picture(
-        model,
-        images_at(data.train_set, indices),
+        model.to(options.device),
+        images_at(data.train_set, indices).to(options.device),
         indices,
         options.crops,
         options.threshold,
@@ -188,12 +276,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(command: str, rest: list[str]) -> None:
-    if command == "fit":
-        fit(rest)
-    elif command == "knn":
-        knn(rest)
-    elif command == "crops":
-        crops(rest)
+    handlers = {
+        "fit": fit,
+        "knn": knn,
+        "linear": linear,
+        "finetune": finetune,
+        "export": export,
+        "crops": crops,
+        "report": report,
+    }
+    if command in handlers:
+        handlers[command](rest)
     elif command == "presets":
         print("\n".join(list_presets()))
     else:

@@ -1,13 +1,25 @@
-"""Evaluating checkpoints outside training: kNN from a checkpoint file."""
+"""Evaluating checkpoints outside training: kNN, linear probe, fine-tuning and export.
+
+Each function opens a checkpoint (weights_only), rebuilds its framework and its data module
+(optionally on another root), and reads any split of the dataset. Features of un-augmented
+views are cached per (checkpoint, split) beside the run; results are written as JSON to
+``<run dir>/eval/``.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from contrastlab.data.module import ContrastDataModule
+from contrastlab.data.module import DEFAULT_SPLITS, ContrastDataModule
+from contrastlab.eval.features import FeatureCache, Features, extract_features
+from contrastlab.eval.finetune import balanced_subset, finetune, parse_label_amount
 from contrastlab.eval.knn import knn_accuracy
+from contrastlab.eval.linear import ProbeResult, linear_on_features, linear_on_images
+from contrastlab.io import atomic_write
 from contrastlab.methods.base import ContrastiveMethod
 from contrastlab.training import load_checkpoint_file
 
@@ -27,14 +39,95 @@ def method_from_checkpoint(checkpoint: dict) -> ContrastiveMethod:
     return model
 
 
-@torch.no_grad()
-def extract(model: ContrastiveMethod, loader, device: torch.device) -> tuple[torch.Tensor, ...]:
-    features, labels = [], []
-    for images, _, batch_labels in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            features.append(model.features(images.to(device)).cpu())
-        labels.append(batch_labels.cpu())
-    return torch.cat(features), torch.cat(labels)
+def data_from_checkpoint(checkpoint: dict, root: str | None = None) -> ContrastDataModule:
+    """The data module a checkpoint was trained with (optionally read from another ``root``)."""
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
+    if root is not None:
+        data_args["root"] = root
+    return ContrastDataModule(**data_args)
+
+
+@dataclass
+class Evaluation:
+    """A checkpoint opened for evaluation: its model, data, device and feature cache."""
+
+    path: Path
+    model: ContrastiveMethod
+    data: ContrastDataModule
+    device: torch.device
+    cache: FeatureCache
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        root: str | None = None,
+        device: str = "cpu",
+        cache_dir: str | None = None,
+    ) -> Evaluation:
+        checkpoint = load_checkpoint_file(path)
+        return cls(
+            Path(path),
+            method_from_checkpoint(checkpoint),
+            data_from_checkpoint(checkpoint, root),
+            torch.device(device),
+            FeatureCache(path, cache_dir),
+        )
+
+    def splits(self, train: str | None, evaluation: str | None) -> tuple[str, str]:
+        """The labelled training and evaluation split names (the dataset's defaults)."""
+        _, bank, evaluate = DEFAULT_SPLITS[self.data.dataset]
+        return train or bank, evaluation or evaluate
+
+    def features(self, split: str, subset: int | None = None) -> Features:
+        dataset = self.data.split_dataset(split, subset)
+        features, labels = self.cache.features(self.model, dataset, self.device)
+        if (labels < 0).any():
+            raise ValueError(f"{self.data.dataset} split {split!r} has no labels")
+        return features, labels
+
+    def save(self, name: str, result: dict) -> Path:
+        """Write ``result`` as JSON to ``<run dir>/eval/<name>.json`` (atomically)."""
+        folder = self.cache.directory.parent / "eval"
+        text = json.dumps({"checkpoint": str(self.path), **result}, indent=2) + "\n"
+        return atomic_write(folder / f"{name}.json", lambda f: f.write(text.encode()))
+
+
+def knn_from_checkpoint(
+    path: str | Path,
+    k: int = 200,
+    t: float = 0.1,
+    root: str | None = None,
+    device: str = "cpu",
+    bank_split: str | None = None,
+    eval_split: str | None = None,
+) -> float:
+    """kNN top-1 (percent) of a checkpoint: bank = a labelled split (the training split by
+    default), queries = another (the evaluation split), both through the feature cache."""
+    return knn_grid(path, [k], [t], root, device, bank_split, eval_split)[0][2]
+
+
+def knn_grid(
+    path: str | Path,
+    ks: list[int],
+    ts: list[float],
+    root: str | None = None,
+    device: str = "cpu",
+    bank_split: str | None = None,
+    eval_split: str | None = None,
+) -> list[tuple[int, float, float]]:
+    """``(k, t, top-1)`` for every pair of ``ks`` and ``ts``, features extracted once."""
+    run = Evaluation.open(path, root, device)
+    bank_split, eval_split = run.splits(bank_split, eval_split)
+    bank_x, bank_y = run.features(bank_split)
+    eval_x, eval_y = run.features(eval_split)
+    num_classes = int(torch.cat([bank_y, eval_y]).max()) + 1
+    return [
+        (k, t, knn_accuracy(eval_x, eval_y, bank_x, bank_y, num_classes, k, t))
+        for k in ks
+        for t in ts
+    ]
 
 
 def knn_of_model(
@@ -44,32 +137,111 @@ def knn_of_model(
     t: float = 0.1,
     device: str = "cpu",
 ) -> float:
-    """kNN top-1 (percent) of ``model``'s backbone: bank = labelled training split, queries =
-    evaluation split of ``data``."""
+    """kNN top-1 (percent) of ``model``'s backbone on ``data``'s bank and evaluation splits
+    (no cache: the model need not come from a file)."""
     data.setup("validate")
     loaders = data.knn_dataloaders()
     if not loaders:
         raise ValueError(f"{data.dataset}: kNN needs labelled bank and evaluation splits")
     dev = torch.device(device)
-    model = model.to(dev).eval()
-    bank_x, bank_y = extract(model, loaders[0], dev)
-    eval_x, eval_y = extract(model, loaders[1], dev)
+    bank_x, bank_y = extract_features(model, loaders[0], dev)
+    eval_x, eval_y = extract_features(model, loaders[1], dev)
     return knn_accuracy(eval_x, eval_y, bank_x, bank_y, k=k, temperature=t)
 
 
-def knn_from_checkpoint(
-    path: str | Path, k: int = 200, t: float = 0.1, root: str | None = None, device: str = "cpu"
-) -> float:
-    """kNN top-1 (percent) of a checkpoint on the data it was trained with (or ``root``)."""
-    checkpoint = load_checkpoint_file(path)
-    model = method_from_checkpoint(checkpoint)
-    return knn_of_model(model, data_from_checkpoint(checkpoint, root), k, t, device)
+def linear_probe(
+    path: str | Path,
+    mode: str = "fast",
+    epochs: int = 100,
+    lr: float = 10.0,
+    batch_size: int = 256,
+    train_subset: int | None = None,
+    eval_subset: int | None = None,
+    root: str | None = None,
+    device: str = "cpu",
+) -> ProbeResult:
+    """Linear probe of a checkpoint (see :mod:`contrastlab.eval.linear`); saved as
+    ``eval/linear_<mode>.json``."""
+    run = Evaluation.open(path, root, device)
+    train_split, eval_split = run.splits(None, None)
+    evaluation = run.features(eval_split, eval_subset)
+    if mode == "fast":
+        train = run.features(train_split, train_subset)
+        classes = int(torch.cat([train[1], evaluation[1]]).max()) + 1
+        result = linear_on_features(train, evaluation, classes, epochs, lr, batch_size)
+    elif mode == "paper":
+        images = run.data.split_dataset(train_split, train_subset)
+        if not hasattr(images, "images"):
+            raise ValueError("the paper protocol needs an in-memory training split")
+        classes = int(torch.cat([images.labels, evaluation[1]]).max()) + 1
+        result = linear_on_images(
+            run.model,
+            images.images,
+            images.labels,
+            evaluation,
+            classes,
+            run.device,
+            epochs,
+            lr,
+            batch_size,
+        )
+    else:
+        raise ValueError(f"unknown linear-probe mode {mode!r}; expected 'fast' or 'paper'")
+    splits = {"train_split": train_split, "eval_split": eval_split}
+    run.save(f"linear_{mode}", {**result.to_dict(), **splits, "lr": lr, "batch_size": batch_size})
+    return result
 
 
-def data_from_checkpoint(checkpoint: dict, root: str | None = None) -> ContrastDataModule:
-    """The data module a checkpoint was trained with (optionally read from another ``root``)."""
-    saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
-    if root is not None:
-        data_args["root"] = root
-    return ContrastDataModule(**data_args)
+def finetune_checkpoint(
+    path: str | Path,
+    labels: str = "1%",
+    epochs: int = 30,
+    lr: float = 0.01,
+    head_lr: float = 0.1,
+    batch_size: int = 256,
+    eval_subset: int | None = None,
+    seed: int = 0,
+    root: str | None = None,
+    device: str = "cpu",
+):
+    """Semi-supervised fine-tuning on a class-balanced subset of the labelled training split;
+    the result and the subset's indices are saved as ``eval/finetune_<labels>.json``."""
+    run = Evaluation.open(path, root, device)
+    train_split, eval_split = run.splits(None, None)
+    train = run.data.split_dataset(train_split)
+    evaluation = run.data.split_dataset(eval_split, eval_subset)
+    if not hasattr(train, "images") or not hasattr(evaluation, "images"):
+        raise ValueError("fine-tuning needs in-memory splits")
+    labelled = balanced_subset(train.labels, parse_label_amount(labels), seed)
+    classes = int(torch.cat([train.labels, evaluation.labels]).max()) + 1
+    result = finetune(
+        run.model,
+        train.images,
+        train.labels,
+        labelled,
+        (evaluation.images, evaluation.labels),
+        classes,
+        run.device,
+        labels,
+        epochs,
+        lr,
+        head_lr,
+        batch_size,
+        seed,
+    )
+    name = labels.replace("%", "pct")
+    extra = {"train_split": train_split, "eval_split": eval_split, "seed": seed}
+    run.save(f"finetune_{name}", {**result.to_dict(), **extra})
+    return result
+
+
+__all__ = [
+    "Evaluation",
+    "data_from_checkpoint",
+    "finetune_checkpoint",
+    "knn_from_checkpoint",
+    "knn_grid",
+    "knn_of_model",
+    "linear_probe",
+    "method_from_checkpoint",
+]

@@ -58,7 +58,7 @@ def crop_picture(
     )
     stored = None
     if crop is not None and len(crop.boxes) > int(indices.max()):
-        stored = crop.boxes[indices].cpu()
+        stored = crop.boxes[indices.to(crop.boxes.device)].cpu()
     return CropPicture(images.cpu(), heat.cpu(), boxes.cpu(), stored, crops)
 
 

@@ -12,6 +12,26 @@ from contrastlab.training import load_checkpoint_file
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
+TWO_QUIET_CPU_STEPS = [
+    "--trainer.max_steps",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+    "--data.eval_batch_size",
+    "16",
+]
+
+TWO_PROCESSES_OF_8 = [
+    "--trainer.devices",
+    "2",
+    "--trainer.strategy",
+    "ddp",
+    "--data.batch_size",
+    "8",
+]
+
 # No random augmentation (whole-image crop, no jitter, flip or grayscale) and no key shuffle:
 # then the mathematics says 2 processes x 8 images == 1 process x 16 images with SplitBN(2),
 # up to float rounding. Two steps only: this tiny net with BN over 8 images is chaotic, and
@@ -33,16 +53,9 @@ DETERMINISTIC = [
     "false",
     "--model.queue_size",
     "40",
-    "--trainer.max_steps",
-    "2",
     "--trainer.check_val_every_n_epoch",
     "1",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.accelerator",
-    "cpu",
-    "--data.eval_batch_size",
-    "16",
+    *TWO_QUIET_CPU_STEPS,
 ]
 
 
@@ -70,12 +83,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_cifar
             *common,
             "--trainer.default_root_dir",
             str(tmp_path / "two"),
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp",
-            "--data.batch_size",
-            "8",
+            *TWO_PROCESSES_OF_8,
             "--model.bn_splits",
             "1",
         ],
@@ -157,3 +165,31 @@ def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar, cap
     # features gathered from both processes give the same kNN as one process on the checkpoint
     offline = knn_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert abs(float(values[-1]) - offline) < 1e-6
+
+
+def test_contrastive_crop_boxes_agree_across_processes(tmp_path, tiny_cifar):
+    """Each process localises its share; the gathered store equals one process's, and SimCLR's
+    gathered negatives train across processes."""
+    common = [
+        "--config",
+        "cifar10/simclr_ccrop",
+        "--data.root",
+        str(tiny_cifar),
+        "--model.crop.init_args.warmup_epochs",
+        "0",
+        "--model.crop.init_args.threshold",
+        "0.5",
+        "--model.augment.size",
+        "8",
+        *TWO_QUIET_CPU_STEPS,
+    ]
+    two = ["--trainer.default_root_dir", str(tmp_path / "two"), *TWO_PROCESSES_OF_8]
+    run([*common, *two], 2, tmp_path)
+    one_process = ["--trainer.devices", "1", "--data.batch_size", "16"]
+    run([*common, "--trainer.default_root_dir", str(tmp_path / "one"), *one_process], 1, tmp_path)
+    two = load_checkpoint_file(tmp_path / "two" / "checkpoints" / "last.ckpt")
+    one = load_checkpoint_file(tmp_path / "one" / "checkpoints" / "last.ckpt")
+    boxes = two["state_dict"]["views.box_sampler.boxes"]
+    assert boxes.shape == (100, 4) and two["global_step"] == 2
+    assert torch.equal(boxes, one["state_dict"]["views.box_sampler.boxes"])
+    assert (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any(dim=1).sum() > 10

@@ -3,7 +3,6 @@ framework with and without ContrastiveCrop."""
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -172,11 +171,9 @@ def test_localize_pass_stores_the_encoders_boxes_for_every_image():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 16, 16), generator=generator, dtype=torch.uint8)
     batches = [(images[:6], torch.arange(6), None), (images[6:], torch.arange(6, 10), None)]
-    data = SimpleNamespace(train_set=images, localization_dataloader=lambda: batches)
-    model._training_data = lambda: data
     model.crop.reset(10)
     model.train()
-    model.localize()
+    model.localize(batches)
     assert model.training  # restored after the eval-mode pass
     model.eval()
     with torch.no_grad():
@@ -203,3 +200,28 @@ def test_crops_picture_from_a_checkpoint(tmp_path, tiny_cifar, capsys):
     assert (
         (top >= 0).all() and (left >= 0).all() and (top + h <= 32).all() and (left + w <= 32).all()
     )
+
+
+def test_plug_ins_and_the_example_import_no_lightning():
+    import subprocess
+    import sys
+
+    example = Path(__file__).parents[1] / "examples" / "plain_loop.py"
+    code = (
+        "import runpy, sys; import contrastlab.views, contrastlab.negatives, contrastlab.models; "
+        f"runpy.run_path({str(example)!r}); "
+        "assert not [m for m in sys.modules if m.split('.')[0].endswith('lightning')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plain_pytorch_example_trains():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "examples" / "plain_loop.py"
+    spec = importlib.util.spec_from_file_location("plain_loop", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    arguments = ["--random", "--images", "32", "--epochs", "2", "--batch", "16", "--queue", "48"]
+    losses = example.main([*arguments, "--size", "16"])
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)

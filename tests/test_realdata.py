@@ -92,3 +92,25 @@ def test_moco_step_with_synco_negatives_on_real_images():
     assert model.backbone.net.conv1.weight.grad.abs().sum() > 0
     assert model.queue.indices[:32].tolist() == indices.tolist()  # keys enqueued, not synthetics
     assert model.queue.pointer.item() == 32
+
+
+@pytest.mark.parametrize("framework", ["SimCLR", "BYOL", "SimSiam"])
+def test_contrastive_crop_step_on_real_images(framework):
+    from contrastlab import methods
+    from contrastlab.views import ContrastiveCrop
+
+    lightning.seed_everything(0)
+    data = ContrastDataModule(root=str(ROOT), train_subset=64, batch_size=32)
+    data.setup("fit")
+    model = getattr(methods, framework)(crop=ContrastiveCrop(warmup_epochs=0))
+    model.crop.reset(len(data.train_set))
+    model.localize(data.localization_dataloader())
+    model.crop.start_if_due(0)
+    boxes = model.crop.boxes
+    assert ((boxes[:, :2] >= 0) & (boxes[:, 2:] <= 1) & (boxes[:, :2] < boxes[:, 2:])).all()
+    model.train()
+    images, indices, labels = next(iter(data.train_dataloader()))
+    loss = model.contrastive_loss(model.views(images, indices), indices, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.backbone.net.conv1.weight.grad.abs().sum() > 0

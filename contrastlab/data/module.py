@@ -149,6 +149,16 @@ class ContrastDataModule(pl.LightningDataModule):
         self.bank_set = self._in_memory(bank) if bank.labels is not None else None
         self.eval_set = self._in_memory(evaluation) if evaluation is not None else None
 
+    def split_dataset(self, split: str, subset: int | None = None) -> Dataset:
+        """Any split of the dataset, un-augmented, for evaluation: in memory (a seeded subset of
+        ``subset`` images when given) or, with ``lazy``, decoded from its folder."""
+        root = self.data_root()
+        if self.lazy:
+            return self._lazy(root, split)
+        return InMemoryImages(
+            self._subset(read_split(self.dataset, root, split, self.working_size), subset)
+        )
+
     def _read_optional(self, root: Path, split: str) -> ImageSet | None:
         if self.dataset == "folder" and not (root / split).is_dir():
             return None

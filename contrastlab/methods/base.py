@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 
@@ -188,14 +189,19 @@ class ContrastiveMethod(pl.LightningModule):
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
 
     @torch.no_grad()
-    def localize(self) -> None:
+    def localize(self, batches: Iterable[tuple[torch.Tensor, ...]] | None = None) -> None:
         """Recompute every training image's ContrastiveCrop box with the current encoder (eval
         mode, whole un-augmented images, one batched pass; each process takes its share and
-        the boxes are gathered, so every process stores the same boxes)."""
+        the boxes are gathered, so every process stores the same boxes).
+
+        ``batches`` yields ``(uint8 images, dataset indices, ...)``; by default this process's
+        share of the training set from the data module."""
         crop, was_training = self.crop, self.training
+        if batches is None:
+            batches = self._training_data().localization_dataloader()
         self.eval()
         found_indices, found_boxes = [], []
-        for images, indices, _ in self._training_data().localization_dataloader():
+        for images, indices, *_ in batches:
             images = images.to(self.device, non_blocking=True)
             with torch.autocast(
                 self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"

@@ -1,0 +1,165 @@
+"""Linear probe on a frozen backbone: the paper protocol and a fast mode on cached features.
+
+Both train one ``nn.Linear`` with SGD (momentum 0.9, no weight decay) and a step schedule
+(x0.1 at 60% and 80% of the epochs, as 60/80 of 100), and evaluate top-1/top-5 on the
+evaluation split's centre-view features after every epoch. The number reported is the last
+epoch's; the best epoch is recorded as an extra, labelled as such.
+
+- ``paper``: every epoch sees freshly augmented training images (RandomResizedCrop 0.08-1 and
+  flip) through the frozen backbone in eval mode, batch 256, lr 10 on CIFAR (SPEC.md section 5).
+- ``fast``: the training split's centre-view features are extracted once (and cached); the
+  classifier trains on them in seconds. No augmentation, so it is a slightly different number:
+  ``bench/RESULTS.md`` puts the two side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from contrastlab.views.augment import Augment, ViewSampler
+
+
+@dataclass
+class ProbeResult:
+    """Top-1/top-5 (percent) of the last epoch; ``best_*`` is an extra (chosen on the
+    evaluation split, so optimistic), never the headline number."""
+
+    mode: str
+    epochs: int
+    top1: float
+    top5: float
+    best_top1: float
+    best_epoch: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"linear probe ({self.mode}, last epoch of {self.epochs}): top-1 {self.top1:.2f}% "
+            f"top-5 {self.top5:.2f}%; best epoch {self.best_epoch} top-1 {self.best_top1:.2f}% "
+            f"(extra, chosen on the evaluation split); {self.seconds:.1f} s"
+        )
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)):
+    """Percent of rows whose label is among the ``k`` largest logits, for each ``k``."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return [100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks]
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, epochs: int):
+    milestones = sorted({max(1, round(0.6 * epochs)), max(1, round(0.8 * epochs))})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+
+
+def train_linear(
+    batches_of_epoch: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]],
+    eval_features: torch.Tensor,
+    eval_labels: torch.Tensor,
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    mode: str,
+    seed: int = 0,
+) -> ProbeResult:
+    """The shared loop: ``batches_of_epoch(epoch)`` yields ``(features, labels)`` batches."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    classifier = nn.Linear(eval_features.shape[1], num_classes)
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    schedule = step_schedule(optimizer, epochs)
+    history = []
+    for epoch in range(epochs):
+        for features, labels in batches_of_epoch(epoch):
+            loss = F.cross_entropy(classifier(features), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            history.append(topk_accuracy(classifier(eval_features), eval_labels))
+    best = max(range(epochs), key=lambda e: history[e][0])
+    return ProbeResult(
+        mode=mode,
+        epochs=epochs,
+        top1=history[-1][0],
+        top5=history[-1][1],
+        best_top1=history[best][0],
+        best_epoch=best + 1,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def linear_on_features(
+    train: tuple[torch.Tensor, torch.Tensor],
+    evaluation: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 10.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> ProbeResult:
+    """Fast mode: the classifier on fixed (cached) training features."""
+    features, labels = train
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches(epoch: int):
+        order = torch.randperm(len(features), generator=generator)
+        return [(features[rows], labels[rows]) for rows in order.split(batch_size)]
+
+    return train_linear(batches, *evaluation, num_classes, epochs, lr, "fast", seed)
+
+
+def probe_augment(base: Augment) -> Augment:
+    """The linear-probe training view: RandomResizedCrop (0.08, 1) and flip, no colour."""
+    return Augment(
+        size=base.size,
+        scale=(0.08, 1.0),
+        jitter_prob=0.0,
+        grayscale_prob=0.0,
+        blur_prob=0.0,
+        solarize_prob=0.0,
+        mean=base.mean,
+        std=base.std,
+    )
+
+
+def linear_on_images(
+    model,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    evaluation: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    device: torch.device,
+    epochs: int = 100,
+    lr: float = 10.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> ProbeResult:
+    """Paper protocol: augmented in-memory training images through the frozen backbone (eval
+    mode, no gradient) every epoch."""
+    model.to(device).eval()
+    views = ViewSampler([probe_augment(model.augment)], seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def encode(rows: torch.Tensor) -> torch.Tensor:
+        images = train_images[rows].to(device)
+        (view,) = views(images, rows)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            return model.backbone(model._layout(view)).float().cpu()
+
+    def batches(epoch: int):
+        order = torch.randperm(len(train_images), generator=generator)
+        return ((encode(rows), train_labels[rows]) for rows in order.split(batch_size))
+
+    return train_linear(batches, *evaluation, num_classes, epochs, lr, "paper", seed)

@@ -1,0 +1,234 @@
+"""``contrastlab report``: an HTML page of PNG plots for one run or several side by side.
+
+Reads each run directory's ``metrics.csv`` (loss, learning rate, kNN, hardness statistics),
+its ``eval/*.json`` results and ``checkpoints/last.ckpt`` (ContrastiveCrop picture, 2-D
+embedding of evaluation features coloured by class). Several runs share the axes of every
+curve, one legend naming the runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from contrastlab.figures import save_figure
+
+Series = list[tuple[float, float]]
+
+
+@dataclass
+class Run:
+    """One run directory's logged series (``x`` = step, or epoch for kNN) and results."""
+
+    path: Path
+    name: str
+    series: dict[str, Series] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.ckpt"
+
+
+def read_run(path: str | Path) -> Run:
+    """Parse ``metrics.csv`` (Lightning's CSV logger) and ``eval/*.json`` of a run directory."""
+    path = Path(path)
+    metrics = path / "metrics.csv"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{path} is not a run directory: no metrics.csv")
+    run = Run(path, path.name)
+    with metrics.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key in ("epoch", "step") or not value:
+                    continue
+                x = float(row["epoch"]) + 1 if key.startswith("knn/") else float(row["step"])
+                run.series.setdefault(key, []).append((x, float(value)))
+    for result in sorted((path / "eval").glob("*.json")):
+        run.results[result.stem] = json.loads(result.read_text())
+    return run
+
+
+def curve_figure(runs: list[Run], keys: list[str], title: str, xlabel: str) -> Figure | None:
+    """One axes per key in ``keys`` present in any run; every run a line, one legend."""
+    present = [k for k in keys if any(k in r.series for r in runs)]
+    if not present:
+        return None
+    figure = Figure(figsize=(5.5 * len(present), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(present), squeeze=False)[0]
+    for axis, key in zip(axes, present, strict=True):
+        for run in runs:
+            points = finite(run.series.get(key, []))
+            if points:
+                x, y = zip(*points, strict=True)
+                axis.plot(x, y, label=run.name, marker="o" if len(x) < 30 else None, ms=3)
+        axis.set_title(key, fontsize=9)
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(4, len(runs)))
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def hardness_keys(runs: list[Run]) -> list[str]:
+    """The logged hardness statistics: positive, pool and per-kind means, share above positive."""
+    names = sorted({k for r in runs for k in r.series if k.startswith("hardness/")})
+    means = [k for k in names if k.endswith("/mean")]
+    return ["hardness/positive", *means, "hardness/synthetic_above_positive"]
+
+
+def embedding_figure(embeddings: list[tuple[str, torch.Tensor, torch.Tensor]]) -> Figure:
+    """PCA to 2-D of each run's evaluation features, points coloured by class."""
+    figure = Figure(figsize=(4.2 * len(embeddings), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(embeddings), squeeze=False)[0]
+    for axis, (name, features, labels) in zip(axes, embeddings, strict=True):
+        points = pca_2d(features)
+        axis.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap="tab10", s=3, alpha=0.7)
+        axis.set_title(f"{name}: evaluation features, PCA", fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    return figure
+
+
+def pca_2d(features: torch.Tensor) -> torch.Tensor:
+    """The projection of centred, L2-normalised features on their two principal axes."""
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    x = x - x.mean(dim=0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return x @ v[:2].T
+
+
+def run_embedding(run: Run, subset: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from contrastlab.evaluate import Evaluation
+
+    evaluation = Evaluation.open(run.checkpoint, device=device)
+    _, split = evaluation.splits(None, None)
+    return evaluation.features(split, subset)
+
+
+def run_crops(run: Run, out: Path, device: str) -> Path | None:
+    """The ContrastiveCrop picture of a run trained with it (``None`` otherwise)."""
+    from contrastlab.cli import crops
+
+    checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    if not (checkpoint.get("hyper_parameters") or {}).get("crop"):
+        return None
+    crops(["--checkpoint", str(run.checkpoint), "--out", str(out), "--images", "6"])
+    return out
+
+
+def final_table(runs: list[Run]) -> str:
+    """Last logged values and evaluation results per run, as an HTML table."""
+    columns = [
+        "epochs",
+        "final loss",
+        "final kNN top-1",
+        *sorted({k for r in runs for k in r.results}),
+    ]
+    rows = []
+    for run in runs:
+        loss = run.series.get("train/loss_epoch") or run.series.get("train/loss_step") or []
+        knn = run.series.get("knn/top1") or []
+        cells = [
+            f"{knn[-1][0]:.0f}" if knn else "",
+            f"{loss[-1][1]:.3f}" if loss else "",
+            f"{knn[-1][1]:.2f}%" if knn else "",
+        ]
+        for name in columns[3:]:
+            result = run.results.get(name, {})
+            top1 = result.get("top1")
+            cells.append(f"{top1:.2f}% ({_label(result)})" if top1 is not None else "")
+        rows.append(
+            f"<tr><th>{html.escape(run.name)}</th>" + "".join(f"<td>{c}</td>" for c in cells)
+        )
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", *columns])
+    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def _label(result: dict) -> str:
+    if "mode" in result:
+        return f"linear {result['mode']}, last of {result['epochs']} epochs"
+    return f"{result.get('labels', '?')} labels, last of {result.get('epochs', '?')} epochs"
+
+
+def write_report(
+    run_dirs: list[str | Path],
+    out: str | Path | None = None,
+    embed_subset: int = 2000,
+    device: str = "cpu",
+) -> Path:
+    """Write ``report.html`` and its PNGs to ``out`` (the run directory for one run,
+    ``reports/<names>`` for several); returns the HTML path."""
+    runs = [read_run(p) for p in run_dirs]
+    if out is None:
+        out = (
+            runs[0].path if len(runs) == 1 else Path("reports") / "_vs_".join(r.name for r in runs)
+        )
+    out = Path(out)
+    images = out / "report"
+    sections: list[tuple[str, str]] = []
+
+    def add(title: str, figure: Figure | None, name: str) -> None:
+        if figure is not None:
+            save_figure(figure, images / name)
+            sections.append((title, f"report/{name}"))
+
+    add("Loss", curve_figure(runs, ["train/loss_step"], "training loss", "step"), "loss.png")
+    add("Learning rate", curve_figure(runs, ["train/lr"], "learning rate", "step"), "lr.png")
+    add("kNN accuracy", curve_figure(runs, ["knn/top1"], "kNN top-1 (%)", "epoch"), "knn.png")
+    hardness = curve_figure(runs, hardness_keys(runs), "synthetic-negative hardness", "step")
+    add("Hardness of negatives", hardness, "hardness.png")
+    notes = []
+    for run in runs:
+        if not run.checkpoint.is_file():
+            notes.append(f"{run.name}: no checkpoints/last.ckpt, no crops or embedding")
+            continue
+        try:
+            picture = run_crops(run, images / f"crops_{run.name}.png", device)
+            if picture is not None:
+                sections.append((f"ContrastiveCrop: {run.name}", f"report/{picture.name}"))
+        except (OSError, ValueError) as error:
+            notes.append(f"{run.name}: no crops picture ({error})")
+    embeddings = []
+    for run in runs:
+        try:
+            embeddings.append((run.name, *run_embedding(run, embed_subset, device)))
+        except (OSError, ValueError) as error:
+            notes.append(f"{run.name}: no embedding ({error})")
+    if embeddings:
+        add("Embedding of evaluation features", embedding_figure(embeddings), "embedding.png")
+    return _write_html(out / "report.html", runs, sections, notes)
+
+
+def _write_html(path: Path, runs: list[Run], sections, notes: list[str]) -> Path:
+    names = ", ".join(html.escape(r.name) for r in runs)
+    body = [f"<h1>contrastlab report: {names}</h1>", final_table(runs)]
+    body += [
+        f"<h2>{html.escape(t)}</h2><img src='{src}' alt='{html.escape(t)}'>" for t, src in sections
+    ]
+    if notes:
+        body.append(
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:1400px;margin:2em auto}img{max-width:100%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+    )
+    head = f"<meta charset='utf-8'><title>contrastlab report</title><style>{style}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path
+
+
+def finite(values: Series) -> Series:
+    """The points of a series whose value is a finite number."""
+    return [(x, y) for x, y in values if math.isfinite(y)]

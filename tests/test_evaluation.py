@@ -1,0 +1,331 @@
+"""Evaluation, export, transfer and reports from a checkpoint (tiny data, one short run)."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import write_cifar
+
+from contrastlab.cli import main
+from contrastlab.eval import features as features_module
+from contrastlab.eval.finetune import balanced_subset, parse_label_amount
+from contrastlab.eval.knn import knn_accuracy
+from contrastlab.eval.linear import linear_on_features, topk_accuracy
+from contrastlab.evaluate import Evaluation, knn_grid
+from contrastlab.export import (
+    backbone_state_dict,
+    detectron2_name,
+    export_backbone,
+    timm_resnet,
+    torchvision_resnet,
+)
+from contrastlab.methods import MoCoV2, SimCLR
+from contrastlab.report import curve_figure, hardness_keys, pca_2d, read_run, write_report
+from contrastlab.transfer import faster_rcnn_from_export
+
+TINY_RUN = [
+    "--model.augment.size",
+    "16",
+    "--data.batch_size",
+    "16",
+    "--data.eval_batch_size",
+    "64",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--model.crop.init_args.warmup_epochs",
+    "1",
+    "--model.crop.init_args.interval",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One short SimCLR + ContrastiveCrop run on tiny CIFAR-format data, shared by the tests."""
+    root = tmp_path_factory.mktemp("data")
+    write_cifar(root, structured=True)
+    out = tmp_path_factory.mktemp("runs") / "simclr_ccrop"
+    config = ["--config", "cifar10/simclr_ccrop", "--data.root", str(root)]
+    main(["fit", *config, "--trainer.default_root_dir", str(out), *TINY_RUN])
+    return out
+
+
+def checkpoint(run_dir: Path) -> str:
+    return str(run_dir / "checkpoints" / "last.ckpt")
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BN statistics, so an export that dropped or mixed them would show."""
+    generator = torch.Generator().manual_seed(0)
+    for name, buffer in model.named_buffers():
+        if "running_mean" in name:
+            buffer.copy_(torch.randn(buffer.shape, generator=generator) * 0.1)
+        elif "running_var" in name:
+            buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize("cifar_stem", [True, False])
+@pytest.mark.parametrize("target", ["torchvision", "timm"])
+def test_export_loads_strictly_and_gives_the_same_features(tmp_path, cifar_stem, target):
+    model = perturbed(MoCoV2(bn_splits=2, cifar_stem=cifar_stem, channels_last=False))
+    out = export_backbone(model, target, tmp_path / "backbone.pth")
+    builder = torchvision_resnet if target == "torchvision" else timm_resnet
+    net = builder("resnet18", cifar_stem=cifar_stem)
+    net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), model.backbone(x), atol=1e-5, rtol=1e-5)
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["arch"] == "resnet18" and meta["cifar_stem"] is cifar_stem
+
+
+def test_export_of_imagenet_stem_loads_into_plain_torchvision(tmp_path):
+    model = MoCoV2(bn_splits=1, cifar_stem=False)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(backbone_state_dict(model), strict=True)
+
+
+def test_detectron2_names_and_shapes(tmp_path):
+    import torchvision.models as tvm
+
+    model = MoCoV2(backbone="resnet50", bn_splits=1, cifar_stem=False, proj_hidden=64)
+    out = export_backbone(model, "detectron2", tmp_path / "r50.pkl")
+    with out.open("rb") as f:
+        saved = pickle.load(f)
+    weights = saved["model"]
+    assert saved["matching_heuristics"] is True
+    reference = {k: v.shape for k, v in tvm.resnet50().state_dict().items()}
+    expected = {
+        "stem.conv1.weight": reference["conv1.weight"],
+        "stem.conv1.norm.running_var": reference["bn1.running_var"],
+        "res2.0.conv1.weight": reference["layer1.0.conv1.weight"],
+        "res2.0.conv3.norm.bias": reference["layer1.0.bn3.bias"],
+        "res2.0.shortcut.weight": reference["layer1.0.downsample.0.weight"],
+        "res3.0.shortcut.norm.running_mean": reference["layer2.0.downsample.1.running_mean"],
+        "res5.2.conv2.norm.weight": reference["layer4.2.bn2.weight"],
+    }
+    for name, shape in expected.items():
+        assert tuple(weights[name].shape) == tuple(shape), name
+    assert not [k for k in weights if "num_batches_tracked" in k or k.startswith(("fc", "layer"))]
+    n_tensors = len([k for k in reference if "num_batches_tracked" not in k and "fc." not in k])
+    assert len(weights) == n_tensors
+    assert detectron2_name("layer3.1.downsample.1.weight") == "res4.1.shortcut.norm.weight"
+
+
+def test_export_cli(run_dir, tmp_path, capsys):
+    out = tmp_path / "timm.pth"
+    main(["export", "--checkpoint", checkpoint(run_dir), "--format", "timm", "--out", str(out)])
+    assert "wrote" in capsys.readouterr().out
+    net = timm_resnet("resnet18", cifar_stem=True)
+    net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+# ---------------------------------------------------------------------------------- transfer
+
+
+def test_faster_rcnn_from_export_trains_one_step(tmp_path):
+    model = MoCoV2(bn_splits=1, cifar_stem=False, channels_last=False)
+    out = export_backbone(model, "torchvision", tmp_path / "backbone.pth")
+    detector = faster_rcnn_from_export(
+        out, arch="resnet18", num_classes=3, min_size=64, max_size=64
+    )
+    body = detector.backbone.body.state_dict()
+    torch.testing.assert_close(
+        body["layer4.1.conv2.weight"], model.backbone.net.layer4[1].conv2.weight
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 64, 64, generator=generator) for _ in range(2)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+        {
+            "boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [0, 0, 20, 20]]),
+            "labels": torch.tensor([2, 1]),
+        },
+    ]
+    detector.train()
+    losses = detector(images, targets)
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert detector.backbone.body.layer4[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_faster_rcnn_refuses_a_cifar_stem(tmp_path):
+    out = export_backbone(MoCoV2(bn_splits=1), "torchvision", tmp_path / "cifar.pth")
+    with pytest.raises(ValueError, match="CIFAR stem"):
+        faster_rcnn_from_export(out, arch="resnet18")
+
+
+# ---------------------------------------------------------------------------------- linear
+
+
+def test_topk_accuracy_hand_computed():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.3], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([1, 2, 0])
+    # row 0: top-1 hit; row 1: label 2 is 2nd; row 2: label 0 is 3rd
+    assert topk_accuracy(logits, labels, (1, 2, 3)) == pytest.approx([100 / 3, 200 / 3, 100.0])
+
+
+def test_linear_on_features_learns_separable_classes():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 16, generator=generator) * 3
+    labels = torch.arange(4).repeat(50)
+    features = centres[labels] + torch.randn(200, 16, generator=generator)
+    result = linear_on_features((features, labels), (features, labels), 4, epochs=10, lr=0.1)
+    assert result.top1 > 95 and result.top5 == 100
+    assert result.best_top1 >= result.top1 and 1 <= result.best_epoch <= 10
+    chance = linear_on_features(
+        (features, labels[torch.randperm(200, generator=generator)]), (features, labels), 4, 5, 0.1
+    )
+    assert chance.top1 < 60  # shuffled training labels cannot be learnt into the true ones
+
+
+def test_linear_cli_fast_and_paper_modes_and_the_feature_cache(run_dir, capsys, monkeypatch):
+    main(["linear", "--checkpoint", checkpoint(run_dir), "--epochs", "3", "--lr", "0.1"])
+    out = capsys.readouterr().out
+    assert "linear probe (fast, last epoch of 3)" in out and "extra" in out
+    saved = json.loads((run_dir / "eval" / "linear_fast.json").read_text())
+    assert saved["mode"] == "fast" and saved["epochs"] == 3 and 0 <= saved["top1"] <= 100
+    cached = sorted((run_dir / "features").glob("*.pt"))
+    assert len(cached) == 2  # training and evaluation splits
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features should come from the cache")
+
+    monkeypatch.setattr(features_module, "extract_features", no_extraction)
+    main(["linear", "--checkpoint", checkpoint(run_dir), "--epochs", "2", "--lr", "0.1"])
+    monkeypatch.undo()
+    main(["linear", "--checkpoint", checkpoint(run_dir), "--mode", "paper", "--epochs", "1"])
+    assert "linear probe (paper, last epoch of 1)" in capsys.readouterr().out
+    assert (run_dir / "eval" / "linear_paper.json").is_file()
+
+
+def test_feature_cache_key_changes_with_checkpoint_and_split(run_dir, tmp_path):
+    evaluation = Evaluation.open(checkpoint(run_dir))
+    test = evaluation.data.split_dataset("test")
+    subset = evaluation.data.split_dataset("test", subset=10)
+    path = evaluation.cache.path(test)
+    assert path == evaluation.cache.path(evaluation.data.split_dataset("test"))
+    assert path != evaluation.cache.path(subset)
+    saved = torch.load(checkpoint(run_dir), weights_only=True)
+    saved["state_dict"]["backbone.net.conv1.weight"] += 1e-3
+    changed = tmp_path / "changed.ckpt"
+    torch.save(saved, changed)
+    assert Evaluation.open(changed).cache.path(test).name != path.name
+
+
+# ---------------------------------------------------------------------------------- kNN
+
+
+def test_knn_grid_equals_direct_computation(run_dir, capsys):
+    main(["knn", "--checkpoint", checkpoint(run_dir), "--k", "5", "20", "--t", "0.1", "0.5"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("kNN")]
+    assert len(lines) == 4
+    evaluation = Evaluation.open(checkpoint(run_dir))
+    bank, queries = evaluation.features("train"), evaluation.features("test")
+    direct = knn_accuracy(queries[0], queries[1], bank[0], bank[1], 10, k=20, temperature=0.5)
+    grid = {(k, t): v for k, t, v in knn_grid(checkpoint(run_dir), [20], [0.5])}
+    assert grid[(20, 0.5)] == pytest.approx(direct)
+    # any labelled split as the bank: the test split against itself finds each query itself
+    self_bank = knn_grid(checkpoint(run_dir), [1], [0.1], bank_split="test", eval_split="test")
+    assert self_bank[0][2] == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------------------------- fine-tune
+
+
+def test_balanced_subset_counts_and_seeds():
+    labels = torch.arange(10).repeat_interleave(100)
+    one_percent = balanced_subset(labels, parse_label_amount("1%"), seed=0)
+    assert torch.equal(torch.bincount(labels[one_percent]), torch.ones(10, dtype=torch.long))
+    ten = balanced_subset(labels, 0.1, seed=3)
+    assert torch.equal(torch.bincount(labels[ten]), torch.full((10,), 10))
+    counted = balanced_subset(labels, parse_label_amount("25"), seed=0)
+    per_class = torch.bincount(labels[counted], minlength=10)
+    assert len(counted) == 25 and per_class.min() == 2 and per_class.max() == 3
+    assert torch.equal(ten, balanced_subset(labels, 0.1, seed=3))
+    assert not torch.equal(ten, balanced_subset(labels, 0.1, seed=4))
+    for bad in ("0%", "150%", "-3", "ten"):
+        with pytest.raises(ValueError):
+            parse_label_amount(bad)
+
+
+def test_finetune_cli_saves_result_and_label_indices(run_dir, capsys):
+    main(["finetune", "--checkpoint", checkpoint(run_dir), "--labels", "20", "--epochs", "1"])
+    assert "fine-tuned on 20 labels" in capsys.readouterr().out
+    saved = json.loads((run_dir / "eval" / "finetune_20.json").read_text())
+    indices = torch.tensor(saved["labelled_indices"])
+    assert len(indices) == 20 and saved["labelled_images"] == 20
+    labels = Evaluation.open(checkpoint(run_dir)).data.split_dataset("train").labels
+    assert torch.bincount(labels[indices], minlength=10).tolist() == [2] * 10
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def test_report_of_one_run(run_dir):
+    html_path = write_report([run_dir])
+    page = html_path.read_text()
+    for name in ("loss.png", "lr.png", "knn.png", "embedding.png", f"crops_{run_dir.name}.png"):
+        assert (run_dir / "report" / name).is_file(), name
+        assert f"report/{name}" in page
+    assert "final kNN top-1" in page
+
+
+def write_metrics(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True)
+    keys = sorted({k for row in rows for k in row})
+    lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys) for row in rows]
+    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_compares_runs_on_shared_axes_with_hardness(tmp_path):
+    rows = [
+        {"epoch": 0, "step": s, "train/loss_step": 5 - s, "hardness/positive": 0.5 + s / 10}
+        | {"hardness/pool/mean": 0.2, "hardness/mixup/mean": 0.3}
+        for s in range(4)
+    ]
+    synco = write_metrics(tmp_path / "synco", rows)
+    plain = write_metrics(tmp_path / "plain", [{"epoch": 0, "step": 0, "train/loss_step": 4.0}])
+    runs = [read_run(synco), read_run(plain)]
+    assert hardness_keys(runs)[:2] == ["hardness/positive", "hardness/mixup/mean"]
+    figure = curve_figure(runs, ["train/loss_step"], "loss", "step")
+    (axis,) = figure.axes
+    assert len(axis.lines) == 2 and [t.get_text() for t in figure.legends[0].texts] == [
+        "synco",
+        "plain",
+    ]
+    page = write_report([synco, plain], tmp_path / "compare").read_text()
+    assert "report/hardness.png" in page and "report/loss.png" in page
+    assert "no checkpoints/last.ckpt" in page
+
+
+def test_pca_2d_finds_the_spread_direction():
+    generator = torch.Generator().manual_seed(0)
+    side = torch.arange(100) % 2 * 2 - 1  # two groups at +-0.5 on axis 1, equal norms
+    base = torch.zeros(100, 5)
+    base[:, 0] = 1.0
+    base[:, 1] = 0.5 * side
+    base[:, 2:] = 0.01 * torch.randn(100, 3, generator=generator)
+    points = pca_2d(base)
+    assert points[:, 0].var() > 100 * points[:, 1].var()
+    assert (torch.sign(points[:, 0]) * torch.sign(points[0, 0]) == side * side[0]).all()
+
+
+def test_simclr_checkpoint_rebuilds_for_evaluation(run_dir):
+    assert isinstance(Evaluation.open(checkpoint(run_dir)).model, SimCLR)
