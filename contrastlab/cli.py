@@ -148,7 +148,9 @@ def linear(args: list[str]) -> None:
         help="fast: cached centre-view features (seconds); paper: augmented images each epoch",
     )
     parser.add_argument("--epochs", type=int, default=100, help="100; lr x0.1 at 60%% and 80%%")
-    parser.add_argument("--lr", type=float, default=10.0, help="SGD lr (10, the CIFAR protocol)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="SGD lr (paper: 10, the CIFAR protocol; fast: 1)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--train-subset", type=int, default=None, help="seeded subset size")
     parser.add_argument("--eval-subset", type=int, default=None, help="seeded subset size")

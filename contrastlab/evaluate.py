@@ -18,7 +18,12 @@ from contrastlab.data.module import DEFAULT_SPLITS, ContrastDataModule
 from contrastlab.eval.features import FeatureCache, Features, extract_features
 from contrastlab.eval.finetune import balanced_subset, finetune, parse_label_amount
 from contrastlab.eval.knn import knn_accuracy
-from contrastlab.eval.linear import ProbeResult, linear_on_features, linear_on_images
+from contrastlab.eval.linear import (
+    DEFAULT_PROBE_LR,
+    ProbeResult,
+    linear_on_features,
+    linear_on_images,
+)
 from contrastlab.io import atomic_write
 from contrastlab.methods.base import ContrastiveMethod
 from contrastlab.training import load_checkpoint_file
@@ -153,7 +158,7 @@ def linear_probe(
     path: str | Path,
     mode: str = "fast",
     epochs: int = 100,
-    lr: float = 10.0,
+    lr: float | None = None,
     batch_size: int = 256,
     train_subset: int | None = None,
     eval_subset: int | None = None,
@@ -161,7 +166,8 @@ def linear_probe(
     device: str = "cpu",
 ) -> ProbeResult:
     """Linear probe of a checkpoint (see :mod:`contrastlab.eval.linear`); saved as
-    ``eval/linear_<mode>.json``."""
+    ``eval/linear_<mode>.json``. ``lr`` defaults to :data:`DEFAULT_PROBE_LR` of the mode."""
+    lr = DEFAULT_PROBE_LR.get(mode, 10.0) if lr is None else lr
     run = Evaluation.open(path, root, device)
     train_split, eval_split = run.splits(None, None)
     evaluation = run.features(eval_split, eval_subset)

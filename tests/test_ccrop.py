@@ -57,6 +57,12 @@ def test_threshold_zero_constant_map_and_empty_mask_give_the_whole_image():
     assert torch.equal(boxes_from_heatmaps(torch.zeros(6, 16, 12), threshold=0.5), whole)
 
 
+def test_a_one_by_one_feature_map_warns_and_keeps_the_whole_image():
+    with pytest.warns(UserWarning, match="too small to localise"):
+        boxes = localize_boxes(torch.rand(3, 8, 1, 1), (32, 32))
+    assert torch.equal(boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(3, 4))
+
+
 def crop_centres(crops: torch.Tensor) -> torch.Tensor:
     return crops[:, :2].double() + crops[:, 2:].double() / 2
 

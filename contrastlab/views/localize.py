@@ -7,6 +7,7 @@ crop boxes are integer ``(top, left, height, width)`` pixels, as every box sampl
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -22,7 +23,16 @@ def heatmaps(feature_maps: torch.Tensor, image_size: tuple[int, int]) -> torch.T
 
     ``A = sum_c F_c``, min-max normalised per image, ``(A - min A) / (max A - min A)``, then
     bilinearly upsampled to the image size. A constant map (nothing stands out) becomes all ones.
+    A map smaller than 2x2 cannot localise anything (e.g. a torchvision-stem ResNet on 32 px
+    images ends at 1x1): that is warned about, and every box stays the whole image.
     """
+    if min(feature_maps.shape[-2:]) < 2:
+        warnings.warn(
+            f"ContrastiveCrop: the feature map is {tuple(feature_maps.shape[-2:])}, too small to "
+            "localise objects; boxes stay the whole image. Use the CIFAR stem "
+            "(model.cifar_stem=true) or larger images.",
+            stacklevel=2,
+        )
     summed = feature_maps.float().sum(dim=1, keepdim=True)
     low = summed.amin(dim=(2, 3), keepdim=True)
     span = summed.amax(dim=(2, 3), keepdim=True) - low
