@@ -74,3 +74,16 @@ class StopAfterFirstEpoch(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.should_stop = True
+
+
+QUIET_BATCHES_OF_16 = [
+    "--data.batch_size",
+    "16",
+    "--data.eval_batch_size",
+    "64",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+]
+"""CLI options of the tiny training runs: batches of 16, no progress bar, log every step."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import write_cifar
+from conftest import QUIET_BATCHES_OF_16, write_cifar
 
 from contrastlab.cli import main
 from contrastlab.eval import features as features_module
@@ -29,14 +29,7 @@ from contrastlab.transfer import faster_rcnn_from_export
 TINY_RUN = [
     "--model.augment.size",
     "16",
-    "--data.batch_size",
-    "16",
-    "--data.eval_batch_size",
-    "64",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.log_every_n_steps",
-    "1",
+    *QUIET_BATCHES_OF_16,
     "--trainer.max_epochs",
     "2",
     "--trainer.check_val_every_n_epoch",

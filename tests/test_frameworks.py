@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUIET_BATCHES_OF_16
 from torch.nn import functional as F
 
 from contrastlab.cli import main
@@ -106,14 +107,7 @@ FRAMEWORK_TINY = [
     "8",
     "--model.bn_splits",
     "2",
-    "--data.batch_size",
-    "16",
-    "--data.eval_batch_size",
-    "64",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.log_every_n_steps",
-    "1",
+    *QUIET_BATCHES_OF_16,
     "--trainer.max_epochs",
     "1",
     "--trainer.limit_train_batches",

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUIET_BATCHES_OF_16
 
 from contrastlab.cli import main, rewrite_fit_args
 from contrastlab.training import AtomicCheckpointIO, load_checkpoint_file
@@ -15,14 +16,7 @@ TINY = [
     "40",
     "--model.bn_splits",
     "2",
-    "--data.batch_size",
-    "16",
-    "--data.eval_batch_size",
-    "64",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.log_every_n_steps",
-    "1",
+    *QUIET_BATCHES_OF_16,
 ]
 
 
