@@ -90,10 +90,13 @@ def test_byol_loss_hand_computed():
 def test_simsiam_loss_hand_computed():
     p1, z2 = torch.tensor([[2.0, 0.0]]), torch.tensor([[5.0, 0.0]])  # cos 1
     p2, z1 = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])  # cos 0
-    z1.requires_grad_(True)
+    for t in (p1, p2, z1, z2):
+        t.requires_grad_(True)
     loss = simsiam_loss(p1, p2, z1, z2)
     assert loss.item() == pytest.approx(-0.5)
-    assert not loss.requires_grad or z1.grad is None
+    loss.backward()
+    assert z1.grad is None and z2.grad is None  # stop-gradient on the projections
+    assert p1.grad is not None and p2.grad is not None
 
 
 def test_byol_cosine_momentum_schedule():

@@ -207,3 +207,26 @@ def test_synco_preset_trains_logs_hardness_and_reloads(tmp_path, tiny_cifar, cap
     assert checkpoint["hyper_parameters"]["synthetic"]["n_hard"] == 16
     main(["knn", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--k", "5"])
     assert "kNN top-1" in capsys.readouterr().out
+
+
+def test_resume_with_another_training_set_size_is_refused(tmp_path, tiny_cifar):
+    common = ["--trainer.max_epochs", "2", *CCROP_ONCE]
+    fit(
+        tmp_path,
+        tiny_cifar,
+        "run",
+        *common,
+        "--trainer.callbacks+=conftest.StopAfterFirstEpoch",
+        config="cifar10/mocov2_ccrop",
+    )
+    with pytest.raises(ValueError, match="boxes for 100 images but the training set has 48"):
+        fit(
+            tmp_path,
+            tiny_cifar,
+            "run",
+            *common,
+            "--data.train_subset",
+            "48",
+            "--resume",
+            config="cifar10/mocov2_ccrop",
+        )

@@ -173,11 +173,13 @@ class ContrastiveMethod(pl.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
-        crop, data = self.crop, getattr(self.trainer, "datamodule", None)
-        if crop is not None and len(crop.boxes) != len(data.train_set):
+        if self.crop is None:
+            return
+        boxes, images = len(self.crop.boxes), len(self._training_data().train_set)
+        if boxes != images:
             raise ValueError(
-                f"the checkpoint holds ContrastiveCrop boxes for {len(crop.boxes)} images but the "
-                f"training set has {len(data.train_set)}: resume with the same data settings"
+                f"the checkpoint holds ContrastiveCrop boxes for {boxes} images but the training "
+                f"set has {images}: resume with the same data settings"
             )
 
     def on_train_epoch_start(self) -> None:
