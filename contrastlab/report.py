@@ -91,7 +91,14 @@ def embedding_figure(embeddings: list[tuple[str, torch.Tensor, torch.Tensor]]) -
     axes = figure.subplots(1, len(embeddings), squeeze=False)[0]
     for axis, (name, features, labels) in zip(axes, embeddings, strict=True):
         points = pca_2d(features)
-        axis.scatter(points[:, 0], points[:, 1], c=labels.numpy(), cmap="tab10", s=3, alpha=0.7)
+        classes = int(labels.max()) + 1
+        cmap = "tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo"
+        scatter = axis.scatter(
+            points[:, 0], points[:, 1], c=labels.numpy(), cmap=cmap, s=3, alpha=0.7
+        )
+        if classes <= 20:
+            handles, names = scatter.legend_elements(num=classes)
+            axis.legend(handles, names, title="class", fontsize=6, title_fontsize=7, loc="best")
         axis.set_title(f"{name}: evaluation features, PCA", fontsize=9)
         axis.set_xticks([])
         axis.set_yticks([])
