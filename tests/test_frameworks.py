@@ -222,3 +222,14 @@ def test_plain_pytorch_example_trains():
     arguments = ["--random", "--images", "32", "--epochs", "2", "--batch", "16", "--queue", "48"]
     losses = example.main([*arguments, "--size", "16"])
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+
+def test_both_plug_ins_at_once(tmp_path, tiny_cifar):
+    run_dir = tmp_path / "run"
+    synthetic = ["--model.synthetic.init_args.n_hard", "16", "--model.synthetic_warmup_epochs", "0"]
+    extra = ["--model.queue_size", "40", *synthetic, *CCROP_FIRST]
+    fit_tiny(run_dir, tiny_cifar, "cifar10/mocov2_synco_ccrop", *extra)
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    assert bool(checkpoint["state_dict"]["views.box_sampler.active"])
+    assert checkpoint["hyper_parameters"]["synthetic"]["n_hard"] == 16
+    assert "hardness/synthetic_above_positive" in (run_dir / "metrics.csv").read_text()
