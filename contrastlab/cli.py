@@ -93,14 +93,6 @@ def suggest_keys(message: str, valid: list[str]) -> str:
     return "\n".join([message, *hints])
 
 
-def default_precision() -> str:
-    """bf16 autocast on GPUs that support it, fp16 on older GPUs, fp32 on CPUs (bf16 autocast
-    measured no faster than fp32 on the AVX512-BF16 CPU of bench/RESULTS.md)."""
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 def fit(args: list[str]) -> None:
     from contrastlab.training import ContrastCLI
 

@@ -12,10 +12,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from contrastlab.cli import default_precision, suggest_keys
+from contrastlab.cli import suggest_keys
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.io import atomic_save, load_tensors
 from contrastlab.methods.base import ContrastiveMethod
+from contrastlab.precision import default_precision
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from contrastlab.data.datasets import InMemoryImages, LazyImageFolder, collate_lazy, pass_batch
 from contrastlab.io import atomic_save, load_tensors
 from contrastlab.methods.base import ContrastiveMethod
+from contrastlab.precision import bf16_autocast
 
 Features = tuple[torch.Tensor, torch.Tensor]
 """``(features (N, D) float32, labels (N,) int64)`` on the CPU."""
@@ -27,12 +28,12 @@ def extract_features(
     model: ContrastiveMethod, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device
 ) -> Features:
     """Backbone features (eval mode, un-augmented centre views) of every batch, on ``device``,
-    in bf16 autocast on GPUs (fp32 on CPUs)."""
+    in bf16 autocast where it is fast (GPUs, CPUs with AMX)."""
     model.to(device).eval()
     features, labels = [], []
     for images, _, batch_labels in batches:
         images = images.to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        with bf16_autocast(device):
             features.append(model.features(images).float().cpu())
         labels.append(torch.as_tensor(batch_labels).cpu())
     return torch.cat(features), torch.cat(labels)

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from contrastlab.eval.linear import probe_augment, topk_accuracy
 from contrastlab.methods.base import cosine_with_warmup
 from contrastlab.models.splitbn import SplitBatchNorm
+from contrastlab.precision import bf16_autocast
 from contrastlab.views.augment import ViewSampler
 
 
@@ -129,7 +130,7 @@ def finetune(
             if len(rows) < 2:
                 continue  # BatchNorm needs two images
             (view,) = views(train_images[rows].to(device), rows)
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            with bf16_autocast(device):
                 logits = head(backbone(model._layout(view)))
             loss = F.cross_entropy(logits.float(), train_labels[rows].to(device))
             optimizer.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ from torchvision.transforms.v2.functional import center_crop, resize
 from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import ResNetBackbone
+from contrastlab.precision import bf16_autocast
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
 from contrastlab.views.localize import localize_boxes
@@ -205,9 +206,7 @@ class ContrastiveMethod(pl.LightningModule):
         found_indices, found_boxes = [], []
         for images, indices, *_ in batches:
             images = images.to(self.device, non_blocking=True)
-            with torch.autocast(
-                self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"
-            ):
+            with bf16_autocast(self.device):
                 maps = self.backbone.feature_map(self._layout(whole_view(images, self.augment)))
             found_boxes.append(localize_boxes(maps, images.shape[-2:], crop.threshold))
             found_indices.append(indices.to(self.device))
