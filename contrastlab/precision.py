@@ -1,4 +1,4 @@
-"""Where reduced precision helps: the default trainer precision and bf16 autocast for inference.
+"""Where reduced precision helps: the trainer's default precision and bf16 autocast elsewhere.
 
 bf16 pays off on GPUs that support it and on CPUs with AMX tiles (Intel Sapphire Rapids and
 later), where oneDNN runs bf16 convolutions on the matrix units: MoCo v2's ResNet-18 step is
@@ -35,8 +35,8 @@ def default_precision() -> str:
     """Lightning precision: bf16 autocast where it is fast (GPUs with bf16, CPUs with AMX), fp16
     autocast on older GPUs, fp32 otherwise."""
     if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_amx() else "32-true"
+        return "bf16-mixed" if bf16_is_fast("cuda") else "16-mixed"
+    return "bf16-mixed" if bf16_is_fast("cpu") else "32-true"
 
 
 def bf16_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
