@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -94,13 +95,38 @@ def suggest_keys(message: str, valid: list[str]) -> str:
 
 
 def fit(args: list[str]) -> None:
-    from contrastlab.training import ContrastCLI
+    """Train; a user's mistake, a failed save or a diverged loss ends in one line and a non-zero
+    exit, and so does a stop by signal (``128 + signum``, after saving)."""
+    from contrastlab.runs.checkpoints import CheckpointWriteError, NonFiniteLoss, RunStopped
+    from contrastlab.runs.checks import OptionError
+    from contrastlab.runs.resume import CheckpointError
+    from contrastlab.runs.signals import exit_code, requeue_slurm_job, slurm_job_id
+    from contrastlab.training import ContrastCLI, RunDirectoryError
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args both exist
     try:
         ContrastCLI(args=["fit", *rewrite_fit_args(args)])
+    except RunStopped as stop:
+        job = slurm_job_id()
+        requeued = ""
+        if job is not None and stop.signum == signal.SIGUSR1 and _rank() == 0:
+            requeued = f"; {requeue_slurm_job(job)}"
+        print(f"contrastlab fit: {stop}; continue with --resume{requeued}", file=sys.stderr)
+        raise SystemExit(exit_code(stop.signum)) from None
+    except (OptionError, CheckpointError, RunDirectoryError, CheckpointWriteError) as error:
+        raise SystemExit(f"contrastlab fit: {error}") from None
+    except NonFiniteLoss as error:
+        raise SystemExit(f"contrastlab fit: {error}") from None
+    except FileNotFoundError as error:
+        raise SystemExit(f"contrastlab fit: {error}") from None
     finally:
         sys.argv = argv
+
+
+def _rank() -> int:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank
 
 
 def _checkpoint_parser(prog: str, description: str):
@@ -191,7 +217,7 @@ def finetune(args: list[str]) -> None:
 def export(args: list[str]) -> None:
     from contrastlab.evaluate import method_from_checkpoint
     from contrastlab.export import FORMATS, export_backbone
-    from contrastlab.training import load_checkpoint_file
+    from contrastlab.runs.resume import load_checkpoint_file
 
     parser = _checkpoint_parser("export", "Write the pretrained backbone for another tool.")
     parser.add_argument("--format", choices=FORMATS, required=True)
@@ -222,7 +248,7 @@ def crops(args: list[str]) -> None:
     from contrastlab.data.datasets import images_at
     from contrastlab.evaluate import data_from_checkpoint, method_from_checkpoint
     from contrastlab.figures import crop_picture, draw_crop_picture, save_figure
-    from contrastlab.training import load_checkpoint_file
+    from contrastlab.runs.resume import load_checkpoint_file
 
     parser = _checkpoint_parser(
         "crops", "Training images with the encoder's heatmap, ContrastiveCrop box and crops."

@@ -26,20 +26,12 @@ from contrastlab.eval.linear import (
 )
 from contrastlab.io import atomic_write
 from contrastlab.methods.base import ContrastiveMethod
-from contrastlab.training import load_checkpoint_file
+from contrastlab.runs.resume import load_checkpoint_file, method_arguments, method_class
 
 
 def method_from_checkpoint(checkpoint: dict) -> ContrastiveMethod:
     """Rebuild the framework a checkpoint was trained with and load its weights."""
-    from contrastlab import methods
-
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    class_path = hparams.pop("_class_path", "contrastlab.methods.MoCoV2")
-    hparams.pop("_instantiator", None)
-    cls = getattr(methods, class_path.rsplit(".", 1)[-1], None)
-    if cls is None or not issubclass(cls, ContrastiveMethod):
-        raise ValueError(f"checkpoint names an unknown method {class_path!r}")
-    model = cls(**hparams)
+    model = method_class(checkpoint)(**method_arguments(checkpoint))
     model.load_state_dict(checkpoint["state_dict"])
     return model
 

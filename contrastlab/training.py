@@ -1,4 +1,5 @@
-"""Lightning wiring for ``contrastlab fit``: the CLI, atomic checkpoints, run directory, summary."""
+"""Lightning wiring for ``contrastlab fit``: the CLI, crash-proof checkpoints and record,
+resume rules, pre-flight checks of the run directory, and the run summary."""
 
 from __future__ import annotations
 
@@ -6,40 +7,39 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from contrastlab.cli import suggest_keys
 from contrastlab.data.module import ContrastDataModule
-from contrastlab.io import atomic_save, load_tensors
+from contrastlab.io import remove_stale_temporaries
 from contrastlab.methods.base import ContrastiveMethod
 from contrastlab.precision import default_precision
+from contrastlab.runs.checkpoints import (
+    RunCheckpoint,
+    StagedCheckpointIO,
+    checkpoint_path,
+    estimate_checkpoint_bytes,
+    format_bytes,
+    free_bytes,
+)
+from contrastlab.runs.checks import check_divides, check_options
+from contrastlab.runs.records import run_loggers
+from contrastlab.runs.resume import (
+    CheckpointError,
+    load_checkpoint_file,
+    method_arguments,
+    method_class,
+    resume_changes,
+    schedule_note,
+)
+
+__all__ = ["ContrastCLI", "RunDirectoryError", "load_checkpoint_file"]
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file in the same folder, fsyncs it, then renames it
-    over the target, so a crash mid-write leaves the previous checkpoint intact. Loads with
-    ``weights_only=True`` (no code runs from an untrusted file)."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        atomic_save(checkpoint, path)
-
-    def load_checkpoint(
-        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        return load_checkpoint_file(path)
-
-
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` onto the CPU, with a clear error if absent."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return load_tensors(path)
+class RunDirectoryError(OSError):
+    """The run directory cannot take this run's checkpoints (the message is one line)."""
 
 
 class RunSummary(pl.Callback):
@@ -62,13 +62,29 @@ class RunSummary(pl.Callback):
         rank_zero_info("contrastlab summary: " + ", ".join(parts))
 
 
+class RunRecord(pl.Callback):
+    """Attaches the run's TensorBoard and ``metrics.csv`` loggers once the data is read (so a
+    run that fails on its data or options leaves the directory untouched), continuing the
+    record from ``resume_step``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir, self.resume_step = run_dir, 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not trainer.loggers:
+            trainer.loggers = run_loggers(self.run_dir, self.resume_step)
+
+
 class ContrastCLI(LightningCLI):
     """LightningCLI with contrastlab's defaults: any :class:`ContrastiveMethod` as the model,
-    TensorBoard + CSV logs and ``checkpoints/last.ckpt`` in ``trainer.default_root_dir``,
-    atomic checkpoint writes, the resolved config saved beside them, and key suggestions for
-    mistyped options."""
+    TensorBoard + CSV records and ``checkpoints/last.ckpt`` in ``trainer.default_root_dir``
+    (see :class:`RunCheckpoint`; its options are ``--checkpoint.*``), option ranges checked
+    before anything is built, the run directory checked before anything is written, resume
+    rules, and key suggestions for mistyped options."""
 
     def __init__(self, args: list[str]) -> None:
+        self.record: RunRecord | None = None
+        self.checkpoint_io = StagedCheckpointIO()
         super().__init__(
             ContrastiveMethod,
             ContrastDataModule,
@@ -88,6 +104,9 @@ class ContrastCLI(LightningCLI):
             },
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
             super().parse_arguments(parser, args)
@@ -95,22 +114,131 @@ class ContrastCLI(LightningCLI):
             valid = sorted(_flat_keys(parser))
             raise SystemExit(f"contrastlab fit: {suggest_keys(str(error), valid)}") from None
 
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config[self.subcommand]["trainer"]
+        check_options(
+            "trainer",
+            {
+                k: trainer.get(k)
+                for k in ("max_epochs", "log_every_n_steps", "check_val_every_n_epoch")
+            },
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would re-parse the model options from the checkpoint, silently replacing
+        options given on the command line; :meth:`before_fit` compares them instead."""
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         run_dir = Path(config.get("default_root_dir") or "runs/default")
+        extra: list[pl.Callback] = [RunSummary()]
         if not config.get("logger") or config.get("logger") is True:
-            config["logger"] = [
-                TensorBoardLogger(run_dir, name="", version=""),
-                CSVLogger(run_dir, name="", version=""),
-            ]
-        callbacks = [
-            *callbacks,
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
-            ),
-            RunSummary(),
-        ]
-        config["plugins"] = [*(config.get("plugins") or []), AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+            config["logger"] = False  # attached by RunRecord once the data is read
+            self.record = RunRecord(run_dir)
+            extra.insert(0, self.record)
+        config["plugins"] = [*(config.get("plugins") or []), self.checkpoint_io]
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
+
+    def before_fit(self) -> None:
+        """Before anything is written: options that depend on each other, what to resume,
+        stale temporaries, and room for checkpoints."""
+        run_dir = Path(self.trainer.default_root_dir)
+        check_divides(
+            "model.bn_splits",
+            self.model.hparams.bn_splits,
+            "data.batch_size",
+            self.datamodule.batch_size,
+        )
+        resume_step = self._resume(run_dir)
+        if rank_zero_only.rank == 0:
+            remove_stale_temporaries(run_dir)
+            remove_stale_temporaries(run_dir / "checkpoints")
+            check_run_directory(run_dir, estimate_checkpoint_bytes(self.model))
+        if self.record is not None:
+            self.record.resume_step = resume_step
+
+    def _resume(self, run_dir: Path) -> int:
+        """Resolve ``--resume``: check the checkpoint's class and options against this run,
+        hand it to the trainer, and return its step (0 for a fresh start)."""
+        fit_config = self.config_init[self.subcommand]
+        requested, last = fit_config.get("ckpt_path"), checkpoint_path(run_dir)
+        if requested is None:
+            if last.is_file():
+                raise RunDirectoryError(
+                    f"{run_dir} already holds a run ({last}): add --resume to continue it, or "
+                    f"give another --trainer.default_root_dir (or remove {run_dir}) to start over"
+                )
+            return 0
+        if requested == "last" and not last.is_file():
+            rank_zero_info(f"contrastlab: no checkpoint at {last} yet: starting from the beginning")
+            fit_config["ckpt_path"] = None
+            return 0
+        path = last if requested == "last" else Path(requested)
+        checkpoint = load_checkpoint_file(path)
+        self._check_resumable(path, checkpoint)
+        self.checkpoint_io.preloaded[path.resolve()] = checkpoint
+        fit_config["ckpt_path"] = str(path)
+        step = int(checkpoint.get("global_step", 0))
+        rank_zero_info(
+            f"contrastlab: resuming {path} at epoch {checkpoint.get('epoch')}, step {step}"
+        )
+        return step
+
+    def _check_resumable(self, path: Path, checkpoint: dict) -> None:
+        cls = method_class(checkpoint)
+        if cls is not type(self.model):
+            raise CheckpointError(
+                f"{path} was trained with {cls.__name__}, but this config builds "
+                f"{type(self.model).__name__}"
+            )
+        saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
+        changes = resume_changes("model", method_arguments(checkpoint), dict(self.model.hparams))
+        changes += resume_changes("data", saved_data, dict(self.datamodule.hparams))
+        if changes:
+            raise CheckpointError(
+                f"cannot resume {path} with other options (a resumed run keeps the model, data "
+                f"and schedule it was saved with): {'; '.join(changes)}. Drop them, or start a "
+                f"new run directory"
+            )
+        saved = checkpoint.get("contrastlab") or {}
+        saved_epochs, new_epochs = saved.get("max_epochs"), self.trainer.max_epochs
+        if saved_epochs is not None and new_epochs is not None and saved_epochs != new_epochs:
+            rank_zero_info(
+                "contrastlab: "
+                + schedule_note(
+                    saved_epochs,
+                    new_epochs,
+                    int(checkpoint.get("global_step", 0)),
+                    int(saved.get("steps_per_epoch", 1)),
+                    float(self.model.hparams.warmup_epochs),
+                )
+            )
+
+
+def check_run_directory(run_dir: Path, checkpoint_bytes: int) -> None:
+    """Raise :class:`RunDirectoryError` unless ``run_dir/checkpoints`` can be created and
+    written, with room for two checkpoints (the one kept and the one being written). Leaves
+    nothing behind: folders it had to create for the probe are removed again."""
+    folder = run_dir / "checkpoints"
+    existing = checkpoint_path(run_dir)
+    needed = 2 * checkpoint_bytes - (existing.stat().st_size if existing.is_file() else 0)
+    free = free_bytes(folder)
+    if free < needed:
+        raise RunDirectoryError(
+            f"{folder}: not enough space for checkpoints: {format_bytes(needed)} needed "
+            f"(2 x {format_bytes(checkpoint_bytes)}), {format_bytes(free)} free"
+        )
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunDirectoryError(f"{folder} is not writable: {error.strerror or error}") from None
+    finally:
+        for made in created:  # deepest first
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
 
 
 def _flat_keys(parser: LightningArgumentParser) -> set[str]:

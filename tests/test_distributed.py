@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import contrastlab.precision
-from contrastlab.training import load_checkpoint_file
+from contrastlab.runs.resume import load_checkpoint_file
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from contrastlab.methods.byol import byol_loss, cosine_momentum
 from contrastlab.methods.simsiam import simsiam_loss
 from contrastlab.negatives import SyntheticNegatives
 from contrastlab.negatives.losses import ntxent_logits, ntxent_loss
-from contrastlab.training import load_checkpoint_file
+from contrastlab.runs.resume import load_checkpoint_file
 from contrastlab.views import ContrastiveCrop, boxes_from_heatmaps, localize_boxes
 
 

@@ -7,7 +7,8 @@ import torch
 from conftest import QUIET_BATCHES_OF_16
 
 from contrastlab.cli import main, rewrite_fit_args
-from contrastlab.training import AtomicCheckpointIO, load_checkpoint_file
+from contrastlab.runs.checkpoints import StagedCheckpointIO
+from contrastlab.runs.resume import load_checkpoint_file
 
 TINY = [
     "--model.augment.size",
@@ -125,9 +126,11 @@ def test_resume_is_bit_identical(tmp_path, tiny_cifar, config, extra):
 
 
 def test_crash_during_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    io = AtomicCheckpointIO()
+    io = StagedCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": torch.tensor(1)}, path)
+    assert not path.exists()  # staged only: nothing replaces the target before commit()
+    io.commit()
 
     def crash(obj, f):
         f.write(b"half a checkpoint")
@@ -224,7 +227,7 @@ def test_resume_with_another_training_set_size_is_refused(tmp_path, tiny_cifar):
         "--trainer.callbacks+=conftest.StopAfterFirstEpoch",
         config="cifar10/mocov2_ccrop",
     )
-    with pytest.raises(ValueError, match="boxes for 100 images but the training set has 48"):
+    with pytest.raises(SystemExit, match=r"data.train_subset: None in the checkpoint, 48 now"):
         fit(
             tmp_path,
             tiny_cifar,

@@ -20,8 +20,9 @@ from contrastlab.data.readers import (
     read_stl10,
     read_tiny_imagenet,
 )
-from contrastlab.data.sampling import GlobalBatchSampler
+from contrastlab.data.sampling import GlobalBatchSampler, ResumableLoader
 from contrastlab.distributed import world
+from contrastlab.runs.checks import check_options
 
 DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "folder"]
 
@@ -105,6 +106,7 @@ class ContrastDataModule(pl.LightningDataModule):
         if lazy and working_size is None:
             raise DatasetError("lazy decoding needs a working_size (e.g. 256 for ImageNet)")
         self.save_hyperparameters()
+        check_options("data", self.hparams)
         self.dataset, self.root, self.download = dataset, root, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_subset, self.eval_subset = train_subset, eval_subset
@@ -134,7 +136,9 @@ class ContrastDataModule(pl.LightningDataModule):
             self.eval_set = self._lazy(root, eval_split, optional=True)
             return
         train = self._subset(
-            read_split(self.dataset, root, train_split, self.working_size), self.train_subset
+            read_split(self.dataset, root, train_split, self.working_size),
+            self.train_subset,
+            check=f"data.train_subset (the {train_split} split)",
         )
         bank = (
             train
@@ -163,10 +167,16 @@ class ContrastDataModule(pl.LightningDataModule):
         if self.dataset == "folder" and not (root / split).is_dir():
             return None
         return self._subset(
-            read_split(self.dataset, root, split, self.working_size), self.eval_subset
+            read_split(self.dataset, root, split, self.working_size),
+            self.eval_subset,
+            check=f"data.eval_subset (the {split} split)",
         )
 
-    def _subset(self, images: ImageSet, count: int | None) -> ImageSet:
+    def _subset(self, images: ImageSet, count: int | None, check: str | None = None) -> ImageSet:
+        """A seeded subset of ``count`` images; with ``check`` (the option and split it
+        names), a count larger than the split is an error instead of "everything"."""
+        if check is not None and count is not None and count > len(images):
+            raise DatasetError(f"{check}: {count} is more than its {len(images)} images")
         rows = seeded_subset(len(images), count, self.seed)
         return images if rows is None else images.subset(rows)
 
@@ -204,13 +214,17 @@ class ContrastDataModule(pl.LightningDataModule):
         lazy = isinstance(dataset, LazyImageFolder)
         workers = self.num_workers if lazy else 0
         pin = lazy and torch.cuda.is_available()
-        return DataLoader(
+        loader = ResumableLoader if train else DataLoader
+        return loader(
             dataset,
             batch_sampler=BatchSampler(sampler, batch_size, drop_last=train),
             collate_fn=collate_lazy if lazy else pass_batch,
             num_workers=workers,
             pin_memory=pin,
             persistent_workers=workers > 0,
+            # its own generator: starting an iterator then draws no number from torch's global
+            # RNG, which the checkpoint restores, so a mid-epoch resume stays exact
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

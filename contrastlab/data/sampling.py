@@ -1,11 +1,12 @@
-"""Epoch-seeded sampling of global batches, split across processes."""
+"""Epoch-seeded sampling of global batches, split across processes, resumable mid-epoch."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class GlobalBatchSampler(Sampler[int]):
@@ -37,9 +38,19 @@ class GlobalBatchSampler(Sampler[int]):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_batches(self, epoch: int, count: int) -> None:
+        """Start epoch ``epoch`` at its global batch ``count`` (a mid-epoch resume); the order
+        of the remaining batches is unchanged, since it depends only on ``(seed, epoch)``."""
+        self._skip = (epoch, count)
+
+    def pending_skip(self) -> int:
+        """Global batches the next iteration of the current epoch will skip."""
+        return self._skip[1] if self._skip is not None and self._skip[0] == self.epoch else 0
 
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
@@ -50,7 +61,9 @@ class GlobalBatchSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order, step = self._order(), self.batch_size * self.world_size
         stop = (self.size // step) * step if self.drop_last else self.size
-        for start in range(0, stop, step):
+        first = self.pending_skip() * step
+        self._skip = None
+        for start in range(first, stop, step):
             chunk = order[start : start + step]
             yield from chunk.tensor_split(self.world_size)[self.rank].tolist()
 
@@ -63,3 +76,36 @@ class GlobalBatchSampler(Sampler[int]):
         return full * self.batch_size + len(
             torch.arange(tail).tensor_split(self.world_size)[self.rank]
         )
+
+
+class ResumableLoader(DataLoader):
+    """A data loader over a :class:`GlobalBatchSampler` (in a ``BatchSampler``) that knows how
+    many batches of the current epoch it has handed out.
+
+    ``state_dict()`` is ``{"epoch", "batches"}``; Lightning saves it in every checkpoint and
+    gives it back through ``load_state_dict`` on resume, after which the epoch starts at its
+    next unconsumed batch: a checkpoint taken mid-epoch resumes exactly.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch, self._position = 0, 0
+
+    @property
+    def global_sampler(self) -> GlobalBatchSampler:
+        return self.batch_sampler.sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the epoch is read when the first batch is asked for, after
+        # Lightning's set_epoch, even for an iterator created before it.
+        sampler = self.global_sampler
+        self._epoch, self._position = sampler.epoch, sampler.pending_skip()
+        for batch in super().__iter__():
+            self._position += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.global_sampler.skip_batches(int(state["epoch"]), int(state["batches"]))

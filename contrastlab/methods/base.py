@@ -19,6 +19,7 @@ from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import ResNetBackbone
 from contrastlab.precision import bf16_autocast
+from contrastlab.runs.checks import check_options
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
 from contrastlab.views.localize import localize_boxes
@@ -114,6 +115,7 @@ class ContrastiveMethod(pl.LightningModule):
         augment = Augment(**augment) if isinstance(augment, dict) else augment
         crop = ContrastiveCrop(**crop) if isinstance(crop, dict) else crop
         self.save_hyperparameters(ignore=["crop"])
+        check_options("model", {k: v for k, v in self.hparams.items() if not k.startswith("_")})
         # plain values: checkpoints load with weights_only
         self.hparams["augment"] = asdict(augment)
         self.hparams["crop"] = crop.config() if crop is not None else None
@@ -121,8 +123,10 @@ class ContrastiveMethod(pl.LightningModule):
         self.backbone = ResNetBackbone(backbone, cifar_stem, bn_splits)
         self.views = ViewSampler([augment, augment], box_sampler=crop, seed=seed)
         self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
-        self._epoch_start = 0.0
+        self._epoch_start = time.perf_counter()
         self._epoch_images = 0
+        self._epoch_loss = torch.zeros(())  # running sum over this epoch's steps (on device)
+        self._epoch_steps = 0
 
     # ------------------------------------------------------------------ hooks for frameworks
 
@@ -169,11 +173,14 @@ class ContrastiveMethod(pl.LightningModule):
         self.momentum_update()
         loss = self.contrastive_loss(views, indices, labels)
         self._epoch_images += len(images)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self._epoch_loss = self._epoch_loss.to(loss.device) + loss.detach().float()
+        self._epoch_steps += 1
+        self.log("train/loss_step", loss, prog_bar=True, on_step=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
 
     def on_train_start(self) -> None:
+        self._epoch_start = time.perf_counter()  # also when resumed mid-epoch
         if self.crop is None:
             return
         boxes, images = len(self.crop.boxes), len(self._training_data().train_set)
@@ -190,6 +197,7 @@ class ContrastiveMethod(pl.LightningModule):
                 self.localize()
             crop.start_if_due(self.current_epoch)
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
+        self._epoch_loss, self._epoch_steps = torch.zeros(()), 0
 
     @torch.no_grad()
     def localize(self, batches: Iterable[tuple[torch.Tensor, ...]] | None = None) -> None:
@@ -214,9 +222,17 @@ class ContrastiveMethod(pl.LightningModule):
         self.train(was_training)
 
     def on_train_epoch_end(self) -> None:
+        """The epoch's mean loss and images/s, written to the loggers here (at the epoch's
+        last step), so they are on disk before the epoch-end checkpoint is committed."""
         elapsed = time.perf_counter() - self._epoch_start
-        rate = self._epoch_images * world()[1] / max(elapsed, 1e-9)
-        self.log("train/images_per_sec", rate, prog_bar=False)
+        summary = {
+            "train/loss_epoch": float(self._epoch_loss) / max(1, self._epoch_steps),
+            "train/images_per_sec": self._epoch_images * world()[1] / max(elapsed, 1e-9),
+        }
+        for name, value in summary.items():
+            self.log(name, value, logger=False)  # progress bar and the run summary
+        for logger in self.loggers:
+            logger.log_metrics({**summary, "epoch": self.current_epoch}, step=self.global_step - 1)
 
     def configure_optimizers(self):
         groups = self.parameter_groups()
@@ -268,7 +284,14 @@ class ContrastiveMethod(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         states = gather_cat(self.views.get_state().unsqueeze(0).to(self.device)).cpu()
-        checkpoint["contrastlab"] = {"view_rng": states, "torch_rng": torch.get_rng_state()}
+        checkpoint["contrastlab"] = {
+            "view_rng": states,
+            "torch_rng": torch.get_rng_state(),
+            "epoch_loss": (self._epoch_loss.detach().cpu(), self._epoch_steps),
+        }
+        if self._trainer is not None:  # what a resume compares against
+            checkpoint["contrastlab"]["max_epochs"] = self.trainer.max_epochs
+            checkpoint["contrastlab"]["steps_per_epoch"] = int(self.trainer.num_training_batches)
         if torch.cuda.is_available():
             checkpoint["contrastlab"]["cuda_rng"] = torch.cuda.get_rng_state_all()
 
@@ -281,6 +304,11 @@ class ContrastiveMethod(pl.LightningModule):
         if rank < len(view_states):  # a run resumed on more processes keeps fresh seeds
             self.views.set_state(view_states[rank].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
+        if "epoch_loss" in state:  # a mid-epoch checkpoint continues the epoch's mean
+            self._epoch_loss, self._epoch_steps = (
+                state["epoch_loss"][0].clone(),
+                state["epoch_loss"][1],
+            )
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
