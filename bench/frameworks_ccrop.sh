@@ -21,6 +21,7 @@ for framework in ${frameworks[*]}; do
     if [ "$framework" = mocov2 ]; then extra+=(--model.bn_splits 4); fi
     if [ "$crops" = ccrop ]; then config="${config}_ccrop"; extra+=("${ccrop[@]}"); fi
     run="bench/out/frameworks_${framework}_${crops}"
+    rm -rf "$run"  # each measurement starts over (fit refuses to overwrite a run)
     start=$(date +%s)
     summary=$(.venv/bin/contrastlab fit --config "$config" --data.root "$root" "${quick[@]}" \
       --trainer.default_root_dir "$run" "${extra[@]}" 2>&1 | grep "contrastlab summary")

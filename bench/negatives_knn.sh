@@ -11,6 +11,7 @@ for name in mocov2 synco mochi; do
   extra=()
   [ "$name" = synco ] && extra=(--model.synthetic "$synco" --model.synthetic_warmup_epochs 0)
   [ "$name" = mochi ] && extra=(--model.synthetic "$mochi" --model.synthetic_warmup_epochs 0)
+  rm -rf "bench/out/negatives_$name"  # each measurement starts over
   .venv/bin/contrastlab fit --config cifar10/mocov2_quick --data.root "$root" \
     --trainer.enable_progress_bar false --trainer.default_root_dir "bench/out/negatives_$name" \
     "${extra[@]}" "$@" 2>&1 | grep "contrastlab summary" | sed "s/^/$name: /"

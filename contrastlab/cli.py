@@ -99,7 +99,6 @@ def fit(args: list[str]) -> None:
     exit, and so does a stop by signal (``128 + signum``, after saving)."""
     from contrastlab.runs.checkpoints import CheckpointWriteError, NonFiniteLoss, RunStopped
     from contrastlab.runs.checks import OptionError
-    from contrastlab.runs.resume import CheckpointError
     from contrastlab.runs.signals import exit_code, requeue_slurm_job, slurm_job_id
     from contrastlab.training import ContrastCLI, RunDirectoryError
 
@@ -113,11 +112,7 @@ def fit(args: list[str]) -> None:
             requeued = f"; {requeue_slurm_job(job)}"
         print(f"contrastlab fit: {stop}; continue with --resume{requeued}", file=sys.stderr)
         raise SystemExit(exit_code(stop.signum)) from None
-    except (OptionError, CheckpointError, RunDirectoryError, CheckpointWriteError) as error:
-        raise SystemExit(f"contrastlab fit: {error}") from None
-    except NonFiniteLoss as error:
-        raise SystemExit(f"contrastlab fit: {error}") from None
-    except FileNotFoundError as error:
+    except (OptionError, RunDirectoryError, CheckpointWriteError, NonFiniteLoss) as error:
         raise SystemExit(f"contrastlab fit: {error}") from None
     finally:
         sys.argv = argv
@@ -288,11 +283,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\ncommands: {', '.join(COMMANDS)}; presets: {', '.join(list_presets())}")
         return
     from contrastlab.data.readers import DatasetError
+    from contrastlab.runs.resume import CheckpointError
 
     try:
         run(argv[0], argv[1:])
     except DatasetError as error:
         raise SystemExit(f"contrastlab: data error: {error}") from None
+    except (CheckpointError, FileNotFoundError) as error:
+        raise SystemExit(f"contrastlab {argv[0]}: {error}") from None
 
 
 def run(command: str, rest: list[str]) -> None:

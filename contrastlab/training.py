@@ -3,6 +3,7 @@ resume rules, pre-flight checks of the run directory, and the run summary."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from contrastlab.runs.checkpoints import (
     format_bytes,
     free_bytes,
 )
-from contrastlab.runs.checks import check_divides, check_options
+from contrastlab.runs.checks import OptionError, check_divides, check_options
 from contrastlab.runs.records import run_loggers
 from contrastlab.runs.resume import (
     CheckpointError,
@@ -124,6 +125,17 @@ class ContrastCLI(LightningCLI):
             },
         )
 
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a constructor's complaint about a value becomes one
+        :class:`OptionError` line (jsonargparse wraps it in a dump of the whole config)."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            cause = root_cause(error)
+            if not isinstance(cause, ValueError | TypeError):
+                raise
+            raise OptionError(config_key_message(str(cause))) from None
+
     def _parse_ckpt_path(self) -> None:
         """Lightning would re-parse the model options from the checkpoint, silently replacing
         options given on the command line; :meth:`before_fit` compares them instead."""
@@ -131,7 +143,7 @@ class ContrastCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         run_dir = Path(config.get("default_root_dir") or "runs/default")
         extra: list[pl.Callback] = [RunSummary()]
-        if not config.get("logger") or config.get("logger") is True:
+        if config.get("logger") in (None, True):
             config["logger"] = False  # attached by RunRecord once the data is read
             self.record = RunRecord(run_dir)
             extra.insert(0, self.record)
@@ -169,7 +181,7 @@ class ContrastCLI(LightningCLI):
                 )
             return 0
         if requested == "last" and not last.is_file():
-            rank_zero_info(f"contrastlab: no checkpoint at {last} yet: starting from the beginning")
+            note(f"no checkpoint at {last} yet: starting from the beginning")
             fit_config["ckpt_path"] = None
             return 0
         path = last if requested == "last" else Path(requested)
@@ -178,9 +190,7 @@ class ContrastCLI(LightningCLI):
         self.checkpoint_io.preloaded[path.resolve()] = checkpoint
         fit_config["ckpt_path"] = str(path)
         step = int(checkpoint.get("global_step", 0))
-        rank_zero_info(
-            f"contrastlab: resuming {path} at epoch {checkpoint.get('epoch')}, step {step}"
-        )
+        note(f"resuming {path} at epoch {checkpoint.get('epoch')}, step {step}")
         return step
 
     def _check_resumable(self, path: Path, checkpoint: dict) -> None:
@@ -202,9 +212,8 @@ class ContrastCLI(LightningCLI):
         saved = checkpoint.get("contrastlab") or {}
         saved_epochs, new_epochs = saved.get("max_epochs"), self.trainer.max_epochs
         if saved_epochs is not None and new_epochs is not None and saved_epochs != new_epochs:
-            rank_zero_info(
-                "contrastlab: "
-                + schedule_note(
+            note(
+                schedule_note(
                     saved_epochs,
                     new_epochs,
                     int(checkpoint.get("global_step", 0)),
@@ -212,6 +221,35 @@ class ContrastCLI(LightningCLI):
                     float(self.model.hparams.warmup_epochs),
                 )
             )
+
+
+def note(message: str) -> None:
+    """One line for the user on stderr (first process only)."""
+    if rank_zero_only.rank == 0:
+        print(f"contrastlab: {message}", file=sys.stderr, flush=True)
+
+
+# Plug-ins name their options by class; the CLI names them by config key.
+PLUG_IN_KEYS = {
+    "Augment.": "model.augment.",
+    "SyntheticNegatives.": "model.synthetic.init_args.",
+    "ContrastiveCrop.": "model.crop.init_args.",
+}
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a chain."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def config_key_message(message: str) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else message
+    for prefix, key in PLUG_IN_KEYS.items():
+        if first.startswith(prefix):
+            return key + first.removeprefix(prefix)
+    return first
 
 
 def check_run_directory(run_dir: Path, checkpoint_bytes: int) -> None:

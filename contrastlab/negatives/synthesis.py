@@ -74,6 +74,9 @@ class SyntheticNegatives:
         for name, value in {"n_hard": n_hard, **counts}.items():
             if value < 0:
                 raise ValueError(f"SyntheticNegatives.{name} must be >= 0, got {value}")
+        for name, value in {"sigma": sigma, "delta": delta, "eta": eta}.items():
+            if not value >= 0:
+                raise ValueError(f"SyntheticNegatives.{name} must be >= 0, got {value}")
         if n_hard == 0 and any(counts.values()):
             raise ValueError("SyntheticNegatives needs n_hard >= 1 to make synthetics")
         self.n_hard, self.counts = n_hard, counts

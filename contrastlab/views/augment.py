@@ -54,6 +54,15 @@ class Augment:
             raise ValueError(f"Augment.scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"Augment.hue must lie in [0, 0.5], got {self.hue}")
+        if self.size < 1:
+            raise ValueError(f"Augment.size must be >= 1, got {self.size}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Augment.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("ratio", "blur_sigma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"Augment.{name} must satisfy 0 < lo <= hi, got {(low, high)}")
 
     @property
     def blur_kernel(self) -> int:

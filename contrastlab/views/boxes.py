@@ -42,12 +42,14 @@ class ContrastiveCrop(nn.Module):
         fixed_box: tuple[float, float, float, float] | None = None,
     ) -> None:
         super().__init__()
-        if alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
-        if interval < 1 or warmup_epochs < 0:
-            raise ValueError(
-                f"need interval >= 1 and warmup_epochs >= 0, got {interval}, {warmup_epochs}"
-            )
+        if not alpha > 0:
+            raise ValueError(f"ContrastiveCrop.alpha must be > 0, got {alpha}")
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"ContrastiveCrop.threshold must lie in [0, 1], got {threshold}")
+        if interval < 1:
+            raise ValueError(f"ContrastiveCrop.interval must be >= 1, got {interval}")
+        if warmup_epochs < 0:
+            raise ValueError(f"ContrastiveCrop.warmup_epochs must be >= 0, got {warmup_epochs}")
         self.alpha, self.threshold = float(alpha), float(threshold)
         self.warmup_epochs, self.interval = int(warmup_epochs), int(interval)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
