@@ -1,0 +1,100 @@
+"""Opening checkpoints safely, and what a resume may change.
+
+A checkpoint is read with ``weights_only=True`` (no code runs from the file) and names its
+framework in ``hyper_parameters._class_path``; only contrastlab's own methods are accepted, and
+the name is looked up in an allow-list, never imported. A resumed run keeps the model, data
+and schedule it was saved with: options that would change them are refused with the list of
+differences, except ``trainer.max_epochs``, which is applied with a note of what it does to the
+cosine schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from contrastlab.io import load_tensors
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for what was asked (the message is one line)."""
+
+
+# Options that only change what is measured or where data is read, never the trained state.
+HARMLESS_ON_RESUME = {
+    "model": {"knn_k", "knn_t"},
+    "data": {"root", "download", "num_workers", "eval_batch_size", "eval_subset", "on_device"},
+}
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with a clear error if absent or
+    unreadable."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return load_tensors(path)
+    except Exception as error:  # a truncated or foreign file: say which, in one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a readable contrastlab checkpoint: {reason}"
+        ) from None
+
+
+def method_classes() -> dict[str, type]:
+    """The allow-list: every accepted ``_class_path`` and the class it names."""
+    from contrastlab import methods
+
+    classes = {}
+    for name in ("MoCoV2", "SimCLR", "BYOL", "SimSiam"):
+        cls = getattr(methods, name)
+        classes[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        classes[f"contrastlab.methods.{name}"] = cls
+    return classes
+
+
+def method_class(checkpoint: Mapping[str, Any]) -> type:
+    """The framework class a checkpoint names (MoCo v2 for checkpoints without a name)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path", "contrastlab.methods.MoCoV2")
+    classes = method_classes()
+    if not isinstance(class_path, str) or class_path not in classes:
+        raise CheckpointError(
+            f"checkpoint names the class {class_path!r}; only contrastlab's methods are "
+            f"accepted: {', '.join(sorted(c for c in classes if c.count('.') == 2))}"
+        )
+    return classes[class_path]
+
+
+def method_arguments(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved constructor arguments of the framework (plain values)."""
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+
+
+def resume_changes(section: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``section.key: saved -> current`` for every option that differs and matters."""
+    ignored = HARMLESS_ON_RESUME.get(section, set())
+    keys = sorted((set(saved) | set(current)) - ignored)
+    return [
+        f"{section}.{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in keys
+        if not key.startswith("_") and saved.get(key) != current.get(key)
+    ]
+
+
+def schedule_note(
+    saved_epochs: int, new_epochs: int, step: int, steps_per_epoch: int, warmup_epochs: float
+) -> str:
+    """What resuming with another ``trainer.max_epochs`` does to the cosine schedule."""
+    from contrastlab.methods.base import cosine_with_warmup
+
+    warmup = int(warmup_epochs * steps_per_epoch)
+    before = cosine_with_warmup(step, saved_epochs * steps_per_epoch, warmup)
+    after = cosine_with_warmup(step, new_epochs * steps_per_epoch, warmup)
+    return (
+        f"trainer.max_epochs {saved_epochs} -> {new_epochs}: the cosine schedule now spans "
+        f"{new_epochs} epochs; at step {step} the learning rate goes from {before:.3f} to "
+        f"{after:.3f} x model.lr"
+    )
