@@ -87,3 +87,6 @@ QUIET_BATCHES_OF_16 = [
     "1",
 ]
 """CLI options of the tiny training runs: batches of 16, no progress bar, log every step."""
+
+TINY_MOCO = ["--model.augment.size", "8", "--model.queue_size", "40", "--model.bn_splits", "2"]
+"""CLI options of the tiny MoCo v2 runs: 8-px views, a queue of 40, two BN groups."""

@@ -26,17 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from conftest import QUIET_BATCHES_OF_16, TINY_MOCO
 
 KINDS = ("mid-step", "mid-write", "epoch-boundary")
 
 
 def fit_command(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
+    """:func:`fit_arguments` as a ``python -m contrastlab`` command."""
+    return [sys.executable, "-m", "contrastlab", *fit_arguments(run_dir, data_root, *extra)]
+
+
+def fit_arguments(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
     """A tiny MoCo v2 run: 100 images, batches of 16 (6 steps an epoch), 3 epochs with kNN after
     each, a step checkpoint every 2 steps, every step logged, fp32 (bit-exact on the CPU)."""
     return [
-        sys.executable,
-        "-m",
-        "contrastlab",
         "fit",
         "--config",
         "cifar10/mocov2",
@@ -44,20 +47,8 @@ def fit_command(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
         str(data_root),
         "--trainer.default_root_dir",
         str(run_dir),
-        "--model.augment.size",
-        "8",
-        "--model.queue_size",
-        "40",
-        "--model.bn_splits",
-        "2",
-        "--data.batch_size",
-        "16",
-        "--data.eval_batch_size",
-        "64",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.log_every_n_steps",
-        "1",
+        *TINY_MOCO,
+        *QUIET_BATCHES_OF_16,
         "--trainer.max_epochs",
         "3",
         "--trainer.check_val_every_n_epoch",

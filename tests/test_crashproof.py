@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16, write_cifar
-from kill_harness import fit_command, kill_campaign, metric_rows, start, steps_done, wait_until
+from conftest import write_cifar
+from kill_harness import (
+    fit_arguments,
+    fit_command,
+    kill_campaign,
+    metric_rows,
+    start,
+    steps_done,
+    wait_until,
+)
 
 from contrastlab.cli import main
 from contrastlab.data.sampling import GlobalBatchSampler, ResumableLoader
@@ -27,33 +35,9 @@ from contrastlab.runs.resume import (
     schedule_note,
 )
 
-TINY = [
-    "--model.augment.size",
-    "8",
-    "--model.queue_size",
-    "40",
-    "--model.bn_splits",
-    "2",
-    "--trainer.precision",
-    "32-true",
-    *QUIET_BATCHES_OF_16,
-]
-
 
 def fit(run_dir: Path, data_root: Path, *extra: str) -> None:
-    main(
-        [
-            "fit",
-            "--config",
-            "cifar10/mocov2",
-            "--data.root",
-            str(data_root),
-            "--trainer.default_root_dir",
-            str(run_dir),
-            *TINY,
-            *extra,
-        ]
-    )
+    main(fit_arguments(run_dir, data_root, *extra))
 
 
 def assert_same_state(a_path: Path, b_path: Path) -> None:

@@ -171,8 +171,9 @@ def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar, mon
     from contrastlab.evaluate import knn_from_checkpoint
 
     # features gathered from both processes give the same kNN as one process on the checkpoint
+    # (one image is 5 points here; the logged value went through float32, ulp 4e-6 at 55)
     offline = knn_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert abs(float(values[-1]) - offline) < 1e-6
+    assert abs(float(values[-1]) - offline) < 1e-4
 
 
 def test_contrastive_crop_boxes_agree_across_processes(tmp_path, tiny_cifar):

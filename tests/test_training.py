@@ -4,21 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16
+from conftest import QUIET_BATCHES_OF_16, TINY_MOCO
 
 from contrastlab.cli import main, rewrite_fit_args
 from contrastlab.runs.checkpoints import StagedCheckpointIO
 from contrastlab.runs.resume import load_checkpoint_file
 
-TINY = [
-    "--model.augment.size",
-    "8",
-    "--model.queue_size",
-    "40",
-    "--model.bn_splits",
-    "2",
-    *QUIET_BATCHES_OF_16,
-]
+TINY = [*TINY_MOCO, *QUIET_BATCHES_OF_16]
 
 
 def fit(
