@@ -17,7 +17,6 @@ crops, embedding), comparing runs when given several.
 from __future__ import annotations
 
 import difflib
-import re
 import signal
 import sys
 from importlib import resources
@@ -74,24 +73,6 @@ def rewrite_fit_args(args: list[str]) -> list[str]:
             out.append(arg)
         i += 1
     return out
-
-
-def suggest_keys(message: str, valid: list[str]) -> str:
-    """Append the closest valid keys to each unknown key named in a parser error."""
-    unknown = re.findall(r"--([\w.]+)", message)
-    parent = re.search(r'Parser key "([\w.]+)"', message)
-    for option in re.findall(r"Option '([\w.]+)' is not accepted", message):
-        unknown.append(f"{parent.group(1)}.{option}" if parent else option)
-    hints = []
-    for key in dict.fromkeys(unknown):
-        if key in valid:
-            continue
-        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-        siblings = [v for v in valid if v.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]]
-        options = close or siblings[:12]
-        if options:
-            hints.append(f"'{key}' is not a valid key; valid alternatives: {', '.join(options)}")
-    return "\n".join([message, *hints])
 
 
 def fit(args: list[str]) -> None:

@@ -12,7 +12,6 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from contrastlab.cli import suggest_keys
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.io import remove_stale_temporaries
 from contrastlab.methods.base import ContrastiveMethod
@@ -25,7 +24,7 @@ from contrastlab.runs.checkpoints import (
     format_bytes,
     free_bytes,
 )
-from contrastlab.runs.checks import OptionError, check_divides, check_options
+from contrastlab.runs.checks import OptionError, check_divides, check_options, suggest_keys
 from contrastlab.runs.records import run_loggers
 from contrastlab.runs.resume import (
     CheckpointError,

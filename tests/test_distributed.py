@@ -1,6 +1,7 @@
 """Two processes (torchrun, gloo on CPU) against one process with the same global batch."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,75 @@ def test_contrastive_crop_boxes_agree_across_processes(tmp_path, tiny_cifar):
     assert boxes.shape == (100, 4) and two["global_step"] == 2
     assert torch.equal(boxes, one["state_dict"]["views.box_sampler.boxes"])
     assert (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any(dim=1).sum() > 10
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return sorted(children)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path, tiny_cifar):
+    from kill_harness import steps_done, wait_until
+
+    run_dir = tmp_path / "term"
+    args = [
+        "fit",
+        "--config",
+        "cifar10/mocov2",
+        "--data.root",
+        str(tiny_cifar),
+        *TWO_PROCESSES_OF_8,
+        "--model.bn_splits",
+        "1",
+        "--model.augment.size",
+        "8",
+        "--model.queue_size",
+        "40",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",  # the processes agree on a stop at every step
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(run_dir),
+    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [*launcher, "--nproc_per_node=2", "-m", "contrastlab", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with (tmp_path / "log").open("w") as log:
+        agent = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
+    assert wait_until(agent, lambda: steps_done(run_dir) >= 3)
+    workers = child_pids(agent.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGTERM)  # one process only: the other learns it by agreement
+    assert agent.wait(timeout=300) != 0
+    text = (tmp_path / "log").read_text()
+    assert text.count("contrastlab fit: stopped by SIGTERM at epoch") == 2, text[-3000:]
+    saved = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == steps_done(run_dir)  # both stopped right after that save
+    assert len(saved["contrastlab"]["view_rng"]) == 2  # both processes' generators
+    done = subprocess.run(
+        [*command, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight = [*args[:-1], str(tmp_path / "straight")]
+    run(straight[1:], 2, tmp_path)
+    final = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    reference = load_checkpoint_file(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert (final["epoch"], final["global_step"]) == (reference["epoch"], 18)
+    for key, value in reference["state_dict"].items():  # exact, as in one process
+        assert torch.equal(value, final["state_dict"][key]), key
+    assert torch.equal(reference["contrastlab"]["view_rng"], final["contrastlab"]["view_rng"])

@@ -302,7 +302,8 @@ class ContrastiveMethod(pl.LightningModule):
         rank, _ = world()
         view_states = state["view_rng"]
         if rank < len(view_states):  # a run resumed on more processes keeps fresh seeds
-            self.views.set_state(view_states[rank].cpu())
+            # a compact copy: Generator.set_state misreads a row view with a storage offset
+            self.views.set_state(view_states[rank].cpu().clone())
         torch.set_rng_state(state["torch_rng"].cpu())
         if "epoch_loss" in state:  # a mid-epoch checkpoint continues the epoch's mean
             self._epoch_loss, self._epoch_steps = (

@@ -7,7 +7,9 @@ of option values under a prefix (``model``, ``data``, ``trainer``) and raises
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,3 +111,21 @@ def check_divides(key: str, splits: int, batch_key: str, batch: int) -> None:
             f"{key} = {splits} must divide {batch_key} = {batch} "
             f"(allowed: {', '.join(map(str, divisors))})"
         )
+
+
+def suggest_keys(message: str, valid: list[str]) -> str:
+    """Append the closest valid keys to each unknown key named in a parser error."""
+    unknown = re.findall(r"--([\w.]+)", message)
+    parent = re.search(r'Parser key "([\w.]+)"', message)
+    for option in re.findall(r"Option '([\w.]+)' is not accepted", message):
+        unknown.append(f"{parent.group(1)}.{option}" if parent else option)
+    hints = []
+    for key in dict.fromkeys(unknown):
+        if key in valid:
+            continue
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+        siblings = [v for v in valid if v.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]]
+        options = close or siblings[:12]
+        if options:
+            hints.append(f"'{key}' is not a valid key; valid alternatives: {', '.join(options)}")
+    return "\n".join([message, *hints])
