@@ -403,3 +403,28 @@ def test_cut_last_line_is_dropped_when_reading(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize(
+    ("cadence", "expected"),
+    [
+        ([], [6, 12]),  # epoch ends only
+        (["--checkpoint.every_n_steps", "4"], [4, 6, 8, 12]),
+        (["--checkpoint.every_minutes", "1e-9"], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+        (["--checkpoint.every_minutes", "60"], [6, 12]),
+    ],
+)
+def test_save_cadence(tmp_path, tiny_cifar, monkeypatch, cadence, expected):
+    from contrastlab.runs.checkpoints import RunCheckpoint
+
+    staged = []
+    stage = RunCheckpoint._stage
+
+    def record(self, trainer, pl_module):
+        staged.append(trainer.global_step)
+        stage(self, trainer, pl_module)
+
+    monkeypatch.setattr(RunCheckpoint, "_stage", record)
+    args = ["--checkpoint.every_n_steps", "null", "--trainer.max_epochs", "2", *cadence]
+    fit(tmp_path / "run", tiny_cifar, *args)
+    assert staged == expected
