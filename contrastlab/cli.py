@@ -17,7 +17,6 @@ crops, embedding), comparing runs when given several.
 from __future__ import annotations
 
 import difflib
-import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -89,7 +88,7 @@ def fit(args: list[str]) -> None:
     except RunStopped as stop:
         job = slurm_job_id()
         requeued = ""
-        if job is not None and stop.signum == signal.SIGUSR1 and _rank() == 0:
+        if job is not None and stop.requeue and _rank() == 0:
             requeued = f"; {requeue_slurm_job(job)}"
         print(f"contrastlab fit: {stop}; continue with --resume{requeued}", file=sys.stderr)
         raise SystemExit(exit_code(stop.signum)) from None

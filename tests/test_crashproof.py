@@ -428,3 +428,36 @@ def test_save_cadence(tmp_path, tiny_cifar, monkeypatch, cadence, expected):
     args = ["--checkpoint.every_n_steps", "null", "--trainer.max_epochs", "2", *cadence]
     fit(tmp_path / "run", tiny_cifar, *args)
     assert staged == expected
+
+
+@pytest.mark.parametrize(
+    ("requeue", "signum", "calls"),
+    [(True, "SIGUSR1", 1), (False, "SIGUSR1", 0), (True, "SIGTERM", 0)],
+)
+def test_slurm_requeue_only_on_sigusr1_when_asked(monkeypatch, capsys, requeue, signum, calls):
+    import contrastlab.runs.signals
+    import contrastlab.training
+    from contrastlab.runs.checkpoints import RunCheckpoint
+
+    class Stopped:
+        def __init__(self, args):
+            stop = RunCheckpoint(requeue=requeue)._stopped(signal.Signals[signum], Trainer(), 3)
+            raise stop
+
+    class Trainer:
+        default_root_dir, global_step = "runs/x", 40
+
+    requeued = []
+    monkeypatch.setattr(contrastlab.training, "ContrastCLI", Stopped)
+    monkeypatch.setattr(
+        contrastlab.runs.signals,
+        "requeue_slurm_job",
+        lambda job: requeued.append(job) or "requeued",
+    )
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_NAME", "pretrain")
+    with pytest.raises(SystemExit) as error:
+        main(["fit"])
+    assert error.value.code == 128 + signal.Signals[signum]
+    assert len(requeued) == calls
+    assert f"stopped by {signum} at epoch 3, step 40" in capsys.readouterr().err

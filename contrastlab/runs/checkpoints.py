@@ -35,8 +35,11 @@ CHECKPOINT_NAME = "last.ckpt"
 class RunStopped(Exception):
     """Training stopped on a signal after saving; the CLI exits with ``128 + signum``."""
 
-    def __init__(self, signum: signal.Signals, path: Path, epoch: int, step: int) -> None:
+    def __init__(
+        self, signum: signal.Signals, path: Path, epoch: int, step: int, requeue: bool = False
+    ) -> None:
         self.signum, self.path, self.epoch, self.step = signum, path, epoch, step
+        self.requeue = requeue  # asked for: requeue the SLURM job after a SIGUSR1
         super().__init__(f"stopped by {signum.name} at epoch {epoch}, step {step}; saved {path}")
 
 
@@ -203,9 +206,7 @@ class RunCheckpoint(Checkpoint):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._commit(trainer)
         if self._stop is not None:
-            raise RunStopped(
-                self._stop, self.path(trainer), trainer.current_epoch, trainer.global_step
-            )
+            raise self._stopped(self._stop, trainer, trainer.current_epoch)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._track_loss(outputs)
@@ -233,9 +234,7 @@ class RunCheckpoint(Checkpoint):
         self._commit(trainer)
         self._stop = None
         if signum is not None and not finishes_after_this_epoch(trainer):
-            raise RunStopped(
-                signum, self.path(trainer), trainer.current_epoch + 1, trainer.global_step
-            )
+            raise self._stopped(signum, trainer, trainer.current_epoch + 1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._commit(trainer)
@@ -250,6 +249,10 @@ class RunCheckpoint(Checkpoint):
 
     def path(self, trainer: pl.Trainer) -> Path:
         return checkpoint_path(trainer.default_root_dir)
+
+    def _stopped(self, signum: signal.Signals, trainer: pl.Trainer, epoch: int) -> RunStopped:
+        requeue = self.requeue and signum == signal.SIGUSR1
+        return RunStopped(signum, self.path(trainer), epoch, trainer.global_step, requeue)
 
     def _time_due(self) -> bool:
         if self.every_minutes is None:
