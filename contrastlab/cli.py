@@ -220,10 +220,7 @@ def report(args: list[str]) -> None:
 
 
 def crops(args: list[str]) -> None:
-    from contrastlab.data.datasets import images_at
-    from contrastlab.evaluate import data_from_checkpoint, method_from_checkpoint
-    from contrastlab.figures import crop_picture, draw_crop_picture, save_figure
-    from contrastlab.runs.resume import load_checkpoint_file
+    from contrastlab.evaluate import write_crop_picture
 
     parser = _checkpoint_parser(
         "crops", "Training images with the encoder's heatmap, ContrastiveCrop box and crops."
@@ -234,25 +231,10 @@ def crops(args: list[str]) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="default: the run's")
     parser.add_argument("--alpha", type=float, default=None, help="default: the run's")
     parser.add_argument("--seed", type=int, default=0, help="which images and crops")
-    options = parser.parse_args(args)
-    checkpoint = load_checkpoint_file(options.checkpoint)
-    model = method_from_checkpoint(checkpoint)
-    data = data_from_checkpoint(checkpoint, options.root)
-    data.setup("fit")
-    generator = torch.Generator().manual_seed(options.seed)
-    count = min(options.images, len(data.train_set))
-    indices = torch.randperm(len(data.train_set), generator=generator)[:count]
-    picture = crop_picture(
-        model.to(options.device),
-        images_at(data.train_set, indices).to(options.device),
-        indices,
-        options.crops,
-        options.threshold,
-        options.alpha,
-        options.seed,
+    o = parser.parse_args(args)
+    out = write_crop_picture(
+        o.checkpoint, o.out, o.images, o.crops, o.threshold, o.alpha, o.seed, o.root, o.device
     )
-    title = f"{Path(options.checkpoint).name}, epoch {checkpoint.get('epoch', '?')}"
-    out = save_figure(draw_crop_picture(picture, title), options.out)
     print(f"wrote {out}")
 
 

@@ -243,3 +243,39 @@ __all__ = [
     "linear_probe",
     "method_from_checkpoint",
 ]
+
+
+def write_crop_picture(
+    checkpoint_path: str | Path,
+    out: str | Path,
+    images: int = 8,
+    crops: int = 4,
+    threshold: float | None = None,
+    alpha: float | None = None,
+    seed: int = 0,
+    root: str | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Draw ``contrastlab crops``' picture of a checkpoint: ``images`` seeded training images
+    with the encoder's heatmap, its ContrastiveCrop box and ``crops`` sampled crops each."""
+    from contrastlab.data.datasets import images_at
+    from contrastlab.figures import crop_picture, draw_crop_picture, save_figure
+
+    checkpoint = load_checkpoint_file(checkpoint_path)
+    model = method_from_checkpoint(checkpoint)
+    data = data_from_checkpoint(checkpoint, root)
+    data.setup("fit")
+    generator = torch.Generator().manual_seed(seed)
+    count = min(images, len(data.train_set))
+    indices = torch.randperm(len(data.train_set), generator=generator)[:count]
+    picture = crop_picture(
+        model.to(device),
+        images_at(data.train_set, indices).to(device),
+        indices,
+        crops,
+        threshold,
+        alpha,
+        seed,
+    )
+    title = f"{Path(checkpoint_path).name}, epoch {checkpoint.get('epoch', '?')}"
+    return save_figure(draw_crop_picture(picture, title), out)

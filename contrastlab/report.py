@@ -123,13 +123,12 @@ def run_embedding(run: Run, subset: int, device: str) -> tuple[torch.Tensor, tor
 
 def run_crops(run: Run, out: Path, device: str) -> Path | None:
     """The ContrastiveCrop picture of a run trained with it (``None`` otherwise)."""
-    from contrastlab.cli import crops
+    from contrastlab.evaluate import write_crop_picture
 
     checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
     if not (checkpoint.get("hyper_parameters") or {}).get("crop"):
         return None
-    crops(["--checkpoint", str(run.checkpoint), "--out", str(out), "--images", "6"])
-    return out
+    return write_crop_picture(run.checkpoint, out, images=6, device=device)
 
 
 def final_table(runs: list[Run]) -> str:
