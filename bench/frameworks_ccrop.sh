@@ -26,7 +26,7 @@ for framework in ${frameworks[*]}; do
     summary=$(.venv/bin/contrastlab fit --config "$config" --data.root "$root" "${quick[@]}" \
       --trainer.default_root_dir "$run" "${extra[@]}" 2>&1 | grep "contrastlab summary")
     wall=$(( $(date +%s) - start ))
-    knn=$(sed -E 's/.*kNN top-1 % ([0-9.]+).*/\1/' <<<"$summary")
+    knn=$(sed -E 's/.*kNN top-1 .*-> ([0-9.]+)%.*/\1/' <<<"$summary")
     rate=$(sed -E 's/.*images\/s ([0-9.]+).*/\1/' <<<"$summary")
     echo "| $framework | $crops | $knn | $rate | $wall |"
   done

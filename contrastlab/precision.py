@@ -1,17 +1,42 @@
-"""Where reduced precision helps: the trainer's default precision and bf16 autocast elsewhere.
+"""Which precision trains fastest, decided by measurement, and autocast in that precision.
 
-bf16 pays off on GPUs that support it and on CPUs with AMX tiles (Intel Sapphire Rapids and
-later), where oneDNN runs bf16 convolutions on the matrix units: MoCo v2's ResNet-18 step is
-3x faster than fp32 there (bench/RESULTS.md). On CPUs with only AVX512-BF16 or AVX2, bf16
-autocast measured slower than fp32, so those stay in fp32.
+Whether bf16 autocast beats fp32 depends on the device, the network and the input size, not
+on CPU flags alone: on one AVX512-BF16 CPU it doubled the speed of a CIFAR-stem ResNet-18 and
+did nothing for the torchvision-stem one at 32 px; on a CPU without AMX or AVX512-BF16 it was
+slower. So when the user names no precision, :func:`choose_precision` times a few forward +
+backward steps of the actual network at the actual batch and view size in each candidate
+(fp32 and bf16 autocast; fp16 autocast on GPUs without bf16), picks the fastest, and caches the
+decision per (device model, thread count, torch version, network, input size) in
+``precision.json`` of the user cache directory (:func:`cache_dir`), so it costs its seconds
+once. Training and the evaluation loops share the decision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
+
+from contrastlab.io import atomic_write
+
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+"""Lightning precision names that mean autocast, and their dtype (anything else: fp32)."""
+
+Timer = Callable[[], float]
+
+_decided: dict[str, PrecisionChoice] = {}
+"""This process's decisions by cache key (the evaluation loops ask once per batch)."""
 
 
 @functools.cache
@@ -24,7 +49,7 @@ def cpu_has_amx() -> bool:
 
 
 def bf16_is_fast(device: torch.device | str) -> bool:
-    """Whether bf16 autocast speeds up convolutions on ``device``."""
+    """The static guess, for when nothing can be measured: GPUs with bf16, CPUs with AMX."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -32,15 +57,207 @@ def bf16_is_fast(device: torch.device | str) -> bool:
 
 
 def default_precision() -> str:
-    """Lightning precision: bf16 autocast where it is fast (GPUs with bf16, CPUs with AMX), fp16
-    autocast on older GPUs, fp32 otherwise."""
+    """The static guess as a Lightning precision (used where no measurement can be made, e.g.
+    several processes starting at once): bf16 autocast on GPUs with bf16 and CPUs with AMX,
+    fp16 autocast on older GPUs, fp32 otherwise."""
     if torch.cuda.is_available():
         return "bf16-mixed" if bf16_is_fast("cuda") else "16-mixed"
     return "bf16-mixed" if bf16_is_fast("cpu") else "32-true"
 
 
-def bf16_autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where it is fast (:func:`bf16_is_fast`), a no-op elsewhere; for the loops
-    that run outside the Lightning trainer. Callers cast outputs back to float32."""
+def candidates(device: torch.device | str) -> tuple[str, ...]:
+    """The precisions worth timing on ``device``."""
     device = torch.device(device)
-    return torch.autocast(device.type, torch.bfloat16, enabled=bf16_is_fast(device))
+    if device.type == "cuda":
+        return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed", "32-true")
+    return ("bf16-mixed", "32-true")
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast for a Lightning precision name (a no-op for fp32)."""
+    device = torch.device(device)
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype or torch.float32, enabled=dtype is not None)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def cache_dir() -> Path:
+    """``$CONTRASTLAB_CACHE``, else ``$XDG_CACHE_HOME/contrastlab``, else
+    ``~/.cache/contrastlab``."""
+    if os.environ.get("CONTRASTLAB_CACHE"):
+        return Path(os.environ["CONTRASTLAB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "contrastlab"
+
+
+def cache_file() -> Path:
+    return cache_dir() / "precision.json"
+
+
+def device_name(device: torch.device | str) -> str:
+    """The device's model: the GPU's name, or the CPU's model name and its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def network_digest(network: nn.Module, channels_last: bool) -> str:
+    """Identifies a network's architecture (its module tree with every layer's shape) and
+    memory layout, not its weights."""
+    text = f"{type(network).__qualname__}\n{network!r}\nchannels_last={channels_last}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_key(
+    device: torch.device | str, network: nn.Module, image_size: int, channels_last: bool
+) -> str:
+    return json.dumps(
+        {
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "network": network_digest(network, channels_last),
+            "input": [3, image_size, image_size],
+        },
+        sort_keys=True,
+    )
+
+
+def read_cache() -> dict[str, dict]:
+    """The cached decisions; an unreadable file counts as empty (it is only a cache)."""
+    try:
+        entries = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_cache_entry(key: str, entry: dict) -> None:
+    entries = {**read_cache(), key: entry}
+    text = json.dumps(entries, indent=1, sort_keys=True).encode()
+    with contextlib.suppress(OSError):  # a read-only home must not stop a run
+        cache_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_file(), lambda f: f.write(text))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The fastest precision and the images/s measured for every candidate."""
+
+    precision: str
+    rates: dict[str, float]
+    device: str
+    cached: bool = False
+
+    def message(self) -> str:
+        """``bf16-mixed: 186 img/s vs 32-true: 87 img/s on <device>`` (fastest first)."""
+        ranked = sorted(self.rates.items(), key=lambda item: -item[1])
+        figures = " vs ".join(f"{name}: {rate:.0f} img/s" for name, rate in ranked)
+        when = f"measured earlier, cached in {cache_file()}" if self.cached else "measured"
+        return f"precision {figures} on {self.device} ({when})"
+
+
+def images_per_second(
+    network: nn.Module,
+    precision: str,
+    batch_size: int,
+    image_size: int,
+    device: torch.device | str,
+    channels_last: bool = True,
+    timer: Timer = time.perf_counter,
+    min_seconds: float = 2.0,
+    max_steps: int = 3,
+) -> float:
+    """Forward + backward steps of a copy of ``network`` (its weights and statistics stay as
+    they are) on random images ``(batch_size, 3, image_size, image_size)``: one warm-up step,
+    then timed steps until ``max_steps`` or ``min_seconds``. Draws nothing from torch's global
+    RNG. ``timer`` is read inside the autocast region (a test can fake it per precision)."""
+    device = torch.device(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode(False):
+        model = copy.deepcopy(network).to(device, memory_format=layout).train()
+        generator = torch.Generator(device).manual_seed(0)
+        shape = (batch_size, 3, image_size, image_size)
+        images = torch.randn(shape, generator=generator, device=device)
+        images = images.contiguous(memory_format=layout)
+
+    def step() -> None:
+        model(images).float().square().mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # callers may be evaluating under no_grad or inference_mode
+    with torch.inference_mode(False), torch.enable_grad(), autocast(precision, device):
+        step()  # warm-up: kernel selection, allocations
+        steps, elapsed, start = 0, 0.0, timer()
+        while steps < max_steps and elapsed < min_seconds:
+            step()
+            steps, elapsed = steps + 1, timer() - start
+    return steps * batch_size / max(elapsed, 1e-9)
+
+
+def cached_precision(
+    network: nn.Module, image_size: int, device: torch.device | str, channels_last: bool = True
+) -> PrecisionChoice | None:
+    """The decision made earlier for this (device, torch, network, input size), if any."""
+    key = cache_key(device, network, image_size, channels_last)
+    if key not in _decided:
+        entry = read_cache().get(key) or {}
+        _decided[key] = PrecisionChoice(
+            entry.get("precision", ""), entry.get("rates", {}), device_name(device), cached=True
+        )
+    known = _decided[key]
+    return known if known.precision in candidates(device) else None
+
+
+def choose_precision(
+    network: nn.Module,
+    batch_size: int,
+    image_size: int,
+    device: torch.device | str,
+    channels_last: bool = True,
+    timer: Timer = time.perf_counter,
+) -> PrecisionChoice:
+    """The fastest of :func:`candidates` for this network, batch and view size on ``device``:
+    the cached decision when this (device, torch, network, input size) was measured before,
+    else measured now (:func:`images_per_second`) and cached."""
+    known = cached_precision(network, image_size, device, channels_last)
+    if known is not None:
+        return known
+    rates = {
+        name: images_per_second(network, name, batch_size, image_size, device, channels_last, timer)
+        for name in candidates(device)
+    }
+    fastest = max(rates, key=rates.__getitem__)
+    key = cache_key(device, network, image_size, channels_last)
+    write_cache_entry(key, {"precision": fastest, "rates": rates, "batch_size": batch_size})
+    _decided[key] = PrecisionChoice(fastest, rates, device_name(device), cached=True)
+    return PrecisionChoice(fastest, rates, device_name(device))
+
+
+def autocast_for(
+    network: nn.Module,
+    image_size: int,
+    device: torch.device | str,
+    channels_last: bool = True,
+    batch_size: int = 128,
+) -> contextlib.AbstractContextManager:
+    """Autocast in the precision :func:`choose_precision` decided for this network and input
+    size (training's decision when it ran here; measured at ``batch_size`` otherwise): the
+    evaluation loops outside the trainer. Callers cast outputs back to float32."""
+    choice = choose_precision(network, batch_size, image_size, device, channels_last)
+    return autocast(choice.precision, device)

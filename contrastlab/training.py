@@ -3,11 +3,15 @@ resume rules, pre-flight checks of the run directory, and the run summary."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -15,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.io import remove_stale_temporaries
 from contrastlab.methods.base import ContrastiveMethod
-from contrastlab.precision import default_precision
+from contrastlab.precision import cached_precision, choose_precision, default_precision
 from contrastlab.runs.checkpoints import (
     RunCheckpoint,
     StagedCheckpointIO,
@@ -43,23 +47,54 @@ class RunDirectoryError(OSError):
 
 
 class RunSummary(pl.Callback):
-    """Prints one line when fitting ends: epochs, loss, kNN accuracy, throughput, run dir."""
+    """Prints one line when fitting ends: epochs, loss, kNN accuracy of the untrained and the
+    trained encoder, throughput, run dir."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        parts = [f"epochs {trainer.current_epoch}", f"steps {trainer.global_step}"]
-        for key, label in (
-            ("train/loss_epoch", "loss"),
-            ("knn/top1", "kNN top-1 %"),
-            ("train/images_per_sec", "images/s"),
-        ):
-            if key in metrics:
-                parts.append(f"{label} {float(metrics[key]):.2f}")
-        hp = pl_module.hparams
-        if "knn/top1" in metrics:
-            parts.append(f"(kNN k={hp.get('knn_k')}, t={hp.get('knn_t')})")
-        parts.append(f"run dir {trainer.default_root_dir}")
-        rank_zero_info("contrastlab summary: " + ", ".join(parts))
+        rank_zero_info("contrastlab summary: " + ", ".join(summary_parts(trainer, pl_module)))
+
+
+def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
+    metrics, hp = trainer.callback_metrics, pl_module.hparams
+    parts = [f"epochs {trainer.current_epoch}", f"steps {trainer.global_step}"]
+    if "train/loss_epoch" in metrics:
+        parts.append(f"loss {float(metrics['train/loss_epoch']):.2f}")
+    untrained = getattr(pl_module, "knn_untrained", None)
+    trained = f"{float(metrics['knn/top1']):.2f}%" if "knn/top1" in metrics else None
+    if untrained is not None or trained is not None:
+        before = f"{untrained:.2f}% untrained" if untrained is not None else None
+        after = f"{trained} after {trainer.current_epoch} epochs" if trained else None
+        knn = " -> ".join(p for p in (before, after) if p)
+        parts.append(f"kNN top-1 {knn} (k={hp.get('knn_k')}, t={hp.get('knn_t')})")
+    if "train/images_per_sec" in metrics:
+        parts.append(f"images/s {float(metrics['train/images_per_sec']):.2f}")
+    parts.append(f"run dir {trainer.default_root_dir}")
+    return parts
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, plus the time left for the whole run (``run ETA``), from this
+    start's mean step time (kNN passes included once they have run)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start, self._start_step = time.perf_counter(), trainer.global_step
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        done = trainer.global_step - getattr(self, "_start_step", trainer.global_step)
+        total = int(trainer.estimated_stepping_batches)
+        if done > 0 and total > trainer.global_step:
+            per_step = (time.perf_counter() - self._start) / done
+            items["run ETA"] = format_duration(per_step * (total - trainer.global_step))
+        return items
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class RunRecord(pl.Callback):
@@ -92,7 +127,7 @@ class ContrastCLI(LightningCLI):
             args=args,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "precision": default_precision(),
+                "precision": None,  # measured: see measured_precision
                 "num_sanity_val_steps": 0,
                 "use_distributed_sampler": False,
                 "default_root_dir": "runs/default",
@@ -142,11 +177,18 @@ class ContrastCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         run_dir = Path(config.get("default_root_dir") or "runs/default")
         extra: list[pl.Callback] = [RunSummary()]
+        own_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        if config.get("enable_progress_bar") is not False and not own_bar:
+            extra.append(RunProgressBar())
         if config.get("logger") in (None, True):
             config["logger"] = False  # attached by RunRecord once the data is read
             self.record = RunRecord(run_dir)
             extra.insert(0, self.record)
         config["plugins"] = [*(config.get("plugins") or []), self.checkpoint_io]
+        if config.get("precision") is None:
+            config["precision"] = measured_precision(self.model, self.datamodule, config)
+            # config.yaml records the precision the run trained in
+            self.config[self.subcommand]["trainer"]["precision"] = config["precision"]
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def before_fit(self) -> None:
@@ -220,6 +262,59 @@ class ContrastCLI(LightningCLI):
                     float(self.model.hparams.warmup_epochs),
                 )
             )
+
+
+def measured_precision(
+    model: ContrastiveMethod, data: ContrastDataModule, trainer_config: dict[str, Any]
+) -> str:
+    """The precision measured fastest for this run's network, per-process batch and view size
+    on its device (:func:`contrastlab.precision.choose_precision`), said in one line. Several
+    processes starting together would time each other, so they use an earlier measurement or,
+    without one, the static guess (:func:`contrastlab.precision.default_precision`)."""
+    device = training_device(trainer_config)
+    network, size = model.backbone, model.augment.size
+    channels_last = bool(model.hparams.channels_last)
+    if expected_processes(trainer_config) > 1:
+        known = cached_precision(network, size, device, channels_last)
+        if known is None:
+            guess = default_precision()
+            note(
+                f"precision {guess} (several processes: not measured; a one-process run of this "
+                f"network measures it once, or give --trainer.precision)"
+            )
+            return guess
+        note(known.message())
+        return known.precision
+    known = cached_precision(network, size, device, channels_last)
+    if known is None:
+        note("timing fp32 and reduced precision on this network (once per device and network)")
+    choice = known or choose_precision(network, data.batch_size, size, device, channels_last)
+    note(f"{choice.message()}; --trainer.precision overrides")
+    return choice.precision
+
+
+def training_device(trainer_config: dict[str, Any]) -> torch.device:
+    """Where this process will train: the CPU, or its GPU."""
+    accelerator = trainer_config.get("accelerator", "auto")
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def expected_processes(trainer_config: dict[str, Any]) -> int:
+    """How many training processes the run will have (a launcher's world size, else the
+    trainer's devices times nodes)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return int(os.environ["WORLD_SIZE"])
+    devices = trainer_config.get("devices", "auto")
+    on_gpu = training_device(trainer_config).type == "cuda"
+    if isinstance(devices, list | tuple):
+        count = len(devices)
+    elif str(devices).lstrip("-").isdigit() and int(devices) != -1:
+        count = int(devices)
+    else:  # "auto" or -1: every GPU, one CPU process
+        count = torch.cuda.device_count() if on_gpu else 1
+    return max(1, count) * int(trainer_config.get("num_nodes") or 1)
 
 
 def note(message: str) -> None:

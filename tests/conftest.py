@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -63,6 +64,24 @@ def write_cifar(
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory) -> Path:
+    """Precision decisions go to a fresh cache directory of the test session (and its
+    subprocesses), never the user's."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["CONTRASTLAB_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture
+def fp32_decisions(monkeypatch) -> None:
+    """Every precision measurement decides fp32 (tests comparing numbers across runs)."""
+    import contrastlab.precision
+
+    monkeypatch.setattr(contrastlab.precision, "candidates", lambda device: ("32-true",))
+    monkeypatch.setattr(contrastlab.precision, "_decided", {})
+
+
 @pytest.fixture
 def tiny_cifar(tmp_path: Path) -> Path:
     write_cifar(tmp_path, structured=True)
@@ -90,3 +109,15 @@ QUIET_BATCHES_OF_16 = [
 
 TINY_MOCO = ["--model.augment.size", "8", "--model.queue_size", "40", "--model.bn_splits", "2"]
 """CLI options of the tiny MoCo v2 runs: 8-px views, a queue of 40, two BN groups."""
+
+
+class KeepUntrainedState(pl.Callback):
+    """Keeps the model's state dict as it is before the first training step (callbacks'
+    ``on_train_start`` runs before the module's, so before the untrained kNN pass)."""
+
+    states: ClassVar[list[dict[str, torch.Tensor]]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            KeepUntrainedState.states.append(state)

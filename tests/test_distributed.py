@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import contrastlab.precision
 from contrastlab.runs.resume import load_checkpoint_file
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -129,8 +128,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_cifar
     assert two["contrastlab"]["view_rng"].shape[0] == 2
 
 
-def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar, monkeypatch):
-    monkeypatch.setattr(contrastlab.precision, "cpu_has_amx", lambda: False)  # offline in fp32
+def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar, fp32_decisions):
     run_dir = tmp_path / "ddp"
     run(
         [

@@ -1,11 +1,127 @@
-"""Where reduced precision is switched on, and that bf16 stays close to fp32."""
+"""Precision chosen by measurement: the choice follows the timer, is cached per device, torch,
+network and input size, is said in one line, and an explicit precision always wins."""
+
+import json
 
 import pytest
 import torch
+import yaml
+from conftest import QUIET_BATCHES_OF_16, TINY_MOCO
+from torch import nn
 
 import contrastlab.precision as precision
+from contrastlab.cli import main
 from contrastlab.eval.features import extract_features
 from contrastlab.methods import MoCoV2
+from contrastlab.models.backbones import ResNetBackbone
+
+
+class FakeClock:
+    """A timer that advances by ``bf16`` seconds per reading inside bf16 autocast and by
+    ``fp32`` seconds elsewhere: the measured speeds are fixed by the test, not the CPU."""
+
+    def __init__(self, bf16: float, fp32: float) -> None:
+        self.now, self.bf16, self.fp32, self.readings = 0.0, bf16, fp32, 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        fast = torch.is_autocast_enabled("cpu")
+        self.now += self.bf16 if fast else self.fp32
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test starts with an empty cache directory and no decision in memory."""
+    monkeypatch.setenv("CONTRASTLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "_decided", {})
+
+
+def tiny_network(width: int = 4) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+@pytest.mark.parametrize(
+    ("bf16", "fp32", "expected"), [(1.0, 3.0, "bf16-mixed"), (3.0, 1.0, "32-true")]
+)
+def test_the_choice_follows_the_timer(bf16, fp32, expected):
+    clock = FakeClock(bf16, fp32)
+    choice = precision.choose_precision(tiny_network(), 8, 16, "cpu", timer=clock)
+    assert choice.precision == expected and not choice.cached
+    # every candidate was timed; images/s are inversely proportional to the fake step time
+    assert set(choice.rates) == {"bf16-mixed", "32-true"}
+    assert choice.rates["bf16-mixed"] / choice.rates["32-true"] == pytest.approx(fp32 / bf16)
+    figures = f"{expected}: {choice.rates[expected]:.0f} img/s vs "
+    assert choice.message().startswith(f"precision {figures}")
+    assert precision.cpu_model() in choice.message()
+
+
+def test_the_decision_is_cached_and_read_back_without_timing():
+    network = tiny_network()
+    first = precision.choose_precision(network, 8, 16, "cpu", timer=FakeClock(1.0, 3.0))
+    precision._decided.clear()  # a new process: only the file remains
+    clock = FakeClock(3.0, 1.0)  # would now choose fp32, if it measured
+    again = precision.choose_precision(network, 8, 16, "cpu", timer=clock)
+    assert clock.readings == 0 and again.cached
+    assert again.precision == first.precision == "bf16-mixed"
+    assert "measured earlier, cached in" in again.message()
+    entries = json.loads(precision.cache_file().read_text())
+    key = precision.cache_key("cpu", network, 16, True)
+    assert entries[key]["precision"] == "bf16-mixed" and entries[key]["batch_size"] == 8
+
+
+def test_the_cache_key_changes_with_network_and_input_size_not_weights():
+    key = precision.cache_key
+    a, b = ResNetBackbone("resnet18", cifar_stem=True), ResNetBackbone("resnet18", cifar_stem=True)
+    assert key("cpu", a, 32, True) == key("cpu", b, 32, True)  # other weights, same network
+    assert key("cpu", a, 32, True) != key("cpu", a, 64, True)
+    assert key("cpu", a, 32, True) != key("cpu", a, 32, False)
+    assert key("cpu", a, 32, True) != key("cpu", ResNetBackbone("resnet18", False), 32, True)
+    assert key("cpu", a, 32, True) != key("cpu", ResNetBackbone("resnet34", True), 32, True)
+    assert key("cpu", tiny_network(4), 32, True) != key("cpu", tiny_network(5), 32, True)
+    assert torch.__version__ in key("cpu", a, 32, True)
+
+
+def test_an_unreadable_cache_is_measured_again():
+    precision.cache_file().parent.mkdir(parents=True, exist_ok=True)
+    precision.cache_file().write_text("{not json")
+    clock = FakeClock(1.0, 3.0)
+    assert precision.choose_precision(tiny_network(), 8, 16, "cpu", timer=clock).precision
+    assert clock.readings > 0
+    assert json.loads(precision.cache_file().read_text())  # replaced by a valid file
+
+
+def test_measuring_leaves_the_network_and_global_rng_untouched():
+    network = ResNetBackbone("resnet18", cifar_stem=True, bn_splits=2)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    rng = torch.get_rng_state()
+    rate = precision.images_per_second(network, "bf16-mixed", 4, 8, "cpu", max_steps=1)
+    assert rate > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in network.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in network.parameters())
+
+
+@pytest.mark.parametrize(("bf16", "fp32"), [(1.0, 3.0), (3.0, 1.0)])
+def test_evaluation_uses_the_decision(bf16, fp32):
+    torch.manual_seed(0)
+    model = MoCoV2(queue_size=32)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    batches = [(images, torch.arange(16), torch.zeros(16, dtype=torch.long))]
+    decided = precision.choose_precision(
+        model.backbone, 8, model.augment.size, "cpu", timer=FakeClock(bf16, fp32)
+    )
+    found, _ = extract_features(model, batches, torch.device("cpu"))
+    with torch.no_grad():
+        reference = model.features(images)  # outside autocast: fp32
+    assert found.dtype == torch.float32
+    if decided.precision == "32-true":
+        torch.testing.assert_close(found, reference)
+    else:
+        assert not torch.equal(found, reference)  # autocast really ran in bf16
+        error = (found - reference).norm(dim=1) / reference.norm(dim=1)
+        assert error.max() < 0.05
 
 
 @pytest.fixture
@@ -14,38 +130,94 @@ def no_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize(("amx", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
-def test_cpu_default_precision_is_bf16_only_with_amx(monkeypatch, no_gpu, amx, expected):
+def test_static_guess_for_several_processes(monkeypatch, no_gpu, amx, expected):
     monkeypatch.setattr(precision, "cpu_has_amx", lambda: amx)
     assert precision.default_precision() == expected
-    assert precision.bf16_is_fast("cpu") is amx
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
-def test_gpu_default_precision(monkeypatch, bf16, expected):
+def test_gpu_candidates_and_guess(monkeypatch, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
     assert precision.default_precision() == expected
+    assert precision.candidates("cuda") == (expected, "32-true")
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_bf16_autocast_follows_the_cpu(monkeypatch, amx):
-    monkeypatch.setattr(precision, "cpu_has_amx", lambda: amx)
-    a = torch.randn(4, 4)
-    with precision.bf16_autocast("cpu"):
-        product = a @ a
-    assert product.dtype == (torch.bfloat16 if amx else torch.float32)
+# ----------------------------------------------------------------------------- through the CLI
 
 
-def test_bf16_features_are_float32_and_close_to_fp32(monkeypatch):
-    torch.manual_seed(0)
+def fit_options(run_dir, data_root, *extra):
+    return [
+        "fit",
+        "--config",
+        "cifar10/mocov2",
+        "--data.root",
+        str(data_root),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        *TINY_MOCO,
+        *QUIET_BATCHES_OF_16,
+        "--trainer.max_epochs",
+        "1",
+        *extra,
+    ]
+
+
+def fake_rates(monkeypatch, rates: dict[str, float]) -> list[tuple]:
+    """Measurements return ``rates``; the calls are recorded."""
+    calls = []
+
+    def measure(network, name, batch_size, image_size, device, *args, **kwargs):
+        calls.append((name, batch_size, image_size, str(device)))
+        return rates[name]
+
+    monkeypatch.setattr(precision, "images_per_second", measure)
+    return calls
+
+
+def trainer_precision(run_dir) -> str:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["precision"]
+
+
+def test_fit_measures_once_says_so_and_trains_in_the_fastest(
+    tmp_path, tiny_cifar, monkeypatch, capsys
+):
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 186.0, "32-true": 87.0})
+    main(fit_options(tmp_path / "a", tiny_cifar))
+    # the actual per-process batch and view size, every candidate once
+    assert sorted(calls) == [("32-true", 16, 8, "cpu"), ("bf16-mixed", 16, 8, "cpu")]
+    err = capsys.readouterr().err
+    assert "precision bf16-mixed: 186 img/s vs 32-true: 87 img/s on " in err
+    assert trainer_precision(tmp_path / "a") == "bf16-mixed"
+    precision._decided.clear()
+    main(fit_options(tmp_path / "b", tiny_cifar))  # the same network: read from the cache
+    assert len(calls) == 2
+    assert "measured earlier, cached in" in capsys.readouterr().err
+    main(fit_options(tmp_path / "c", tiny_cifar, "--model.augment.size", "12"))
+    assert len(calls) == 4  # another input size is measured again
+
+
+def test_an_explicit_precision_always_wins(tmp_path, tiny_cifar, monkeypatch, capsys):
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 186.0, "32-true": 87.0})
+    main(fit_options(tmp_path / "a", tiny_cifar, "--trainer.precision", "32-true"))
+    assert calls == [] and trainer_precision(tmp_path / "a") == "32-true"
+    assert "img/s" not in capsys.readouterr().err
+
+
+def test_several_processes_use_the_cache_or_the_static_guess(monkeypatch, capsys):
+    from contrastlab.training import expected_processes, measured_precision
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert expected_processes({"devices": "auto"}) == 2
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 186.0, "32-true": 87.0})
     model = MoCoV2(queue_size=32)
-    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
-    batches = [(images, torch.arange(16), torch.zeros(16, dtype=torch.long))]
-    found = {}
-    for amx in (False, True):
-        monkeypatch.setattr(precision, "cpu_has_amx", lambda amx=amx: amx)
-        found[amx], _ = extract_features(model, batches, torch.device("cpu"))
-    assert found[True].dtype == torch.float32
-    assert not torch.equal(found[True], found[False])  # autocast really ran in bf16
-    error = (found[True] - found[False]).norm(dim=1) / found[False].norm(dim=1)
-    assert error.max() < 0.05
+    data = type("Data", (), {"batch_size": 8})()
+    chosen = measured_precision(model, data, {"accelerator": "cpu"})
+    assert calls == [] and chosen == precision.default_precision()
+    assert "several processes: not measured" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    assert expected_processes({"devices": 3, "num_nodes": 2, "accelerator": "cpu"}) == 6
+    assert measured_precision(model, data, {"accelerator": "cpu"}) == "bf16-mixed"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert measured_precision(model, data, {"accelerator": "cpu"}) == "bf16-mixed"  # cached
+    assert len(calls) == 2

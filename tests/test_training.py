@@ -4,10 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16, TINY_MOCO
+from conftest import QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState
 
 from contrastlab.cli import main, rewrite_fit_args
+from contrastlab.evaluate import data_from_checkpoint, knn_of_model, method_from_checkpoint
+from contrastlab.report import read_run
 from contrastlab.runs.checkpoints import StagedCheckpointIO
+from contrastlab.runs.records import read_rows
 from contrastlab.runs.resume import load_checkpoint_file
 
 TINY = [*TINY_MOCO, *QUIET_BATCHES_OF_16]
@@ -230,3 +233,56 @@ def test_resume_with_another_training_set_size_is_refused(tmp_path, tiny_cifar):
             "--resume",
             config="cifar10/mocov2_ccrop",
         )
+
+
+def knn_rows(run_dir: Path) -> list[dict[str, str]]:
+    _, rows = read_rows(run_dir / "metrics.csv")
+    return [r for r in rows if r.get("knn/top1")]
+
+
+def test_the_untrained_encoder_is_the_first_knn_point(tmp_path, tiny_cifar, capsys, caplog):
+    KeepUntrainedState.states.clear()
+    options = ["--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1"]
+    keep = "--trainer.callbacks+=conftest.KeepUntrainedState"
+    run_dir = fit(tmp_path, tiny_cifar, "run", *options, keep)
+    rows = knn_rows(run_dir)
+    assert [(r["epoch"], r["step"]) for r in rows] == [("-1", "0"), ("0", "5"), ("1", "11")]
+    # the logged value is the kNN of the weights before the first step, computed independently
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    untrained = method_from_checkpoint(checkpoint)
+    untrained.load_state_dict(KeepUntrainedState.states[0])
+    data = data_from_checkpoint(checkpoint)
+    expected = knn_of_model(untrained, data, k=200, t=0.1)
+    assert float(rows[0]["knn/top1"]) == pytest.approx(expected, abs=1e-4)
+    assert checkpoint["contrastlab"]["knn_untrained"] == pytest.approx(expected, abs=1e-4)
+    trained = float(rows[-1]["knn/top1"])
+    out = capsys.readouterr()
+    assert f"kNN top-1 of the untrained encoder {expected:.2f}%" in out.out
+    summary = f"kNN top-1 {expected:.2f}% untrained -> {trained:.2f}% after 2 epochs"
+    assert summary in caplog.text  # Lightning's rank-zero log
+    # the report's kNN curve starts there, at epoch 0
+    assert read_run(run_dir).series["knn/top1"][0] == (0.0, float(rows[0]["knn/top1"]))
+
+
+def test_a_resume_does_not_recompute_the_untrained_knn(tmp_path, tiny_cifar, capsys, caplog):
+    options = ["--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1"]
+    stop = "--trainer.callbacks+=conftest.StopAfterFirstEpoch"
+    run_dir = fit(tmp_path, tiny_cifar, "run", *options, stop)
+    first = knn_rows(run_dir)[0]["knn/top1"]
+    capsys.readouterr()
+    caplog.clear()
+    fit(tmp_path, tiny_cifar, "run", *options, "--ckpt_path", "last")
+    assert "untrained encoder" not in capsys.readouterr().out
+    assert f"kNN top-1 {float(first):.2f}% untrained -> " in caplog.text
+    assert [r["epoch"] for r in knn_rows(run_dir)] == ["-1", "0", "1"]
+    assert knn_rows(run_dir)[0]["knn/top1"] == first
+
+
+def test_no_untrained_knn_without_the_monitor(tmp_path, tiny_cifar):
+    one_epoch = ["--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1"]
+    run_dir = fit(tmp_path, tiny_cifar, "off", *one_epoch, "--trainer.limit_val_batches", "0")
+    assert knn_rows(run_dir) == []
+    assert (
+        load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["contrastlab"]["knn_untrained"]
+        is None
+    )

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 from contrastlab.data.datasets import InMemoryImages, LazyImageFolder, collate_lazy, pass_batch
 from contrastlab.io import atomic_save, load_tensors
 from contrastlab.methods.base import ContrastiveMethod
-from contrastlab.precision import bf16_autocast
 
 Features = tuple[torch.Tensor, torch.Tensor]
 """``(features (N, D) float32, labels (N,) int64)`` on the CPU."""
@@ -28,12 +27,12 @@ def extract_features(
     model: ContrastiveMethod, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device
 ) -> Features:
     """Backbone features (eval mode, un-augmented centre views) of every batch, on ``device``,
-    in bf16 autocast where it is fast (GPUs, CPUs with AMX)."""
+    in the precision measured fastest for the model (``ContrastiveMethod.precision_context``)."""
     model.to(device).eval()
     features, labels = [], []
     for images, _, batch_labels in batches:
         images = images.to(device, non_blocking=True)
-        with bf16_autocast(device):
+        with model.precision_context(device):
             features.append(model.features(images).float().cpu())
         labels.append(torch.as_tensor(batch_labels).cpu())
     return torch.cat(features), torch.cat(labels)

@@ -18,7 +18,6 @@ from torch.nn import functional as F
 from contrastlab.eval.linear import probe_augment, topk_accuracy
 from contrastlab.methods.base import cosine_with_warmup
 from contrastlab.models.splitbn import SplitBatchNorm
-from contrastlab.precision import bf16_autocast
 from contrastlab.views.augment import ViewSampler
 
 
@@ -130,7 +129,7 @@ def finetune(
             if len(rows) < 2:
                 continue  # BatchNorm needs two images
             (view,) = views(train_images[rows].to(device), rows)
-            with bf16_autocast(device):
+            with model.precision_context(device):
                 logits = head(backbone(model._layout(view)))
             loss = F.cross_entropy(logits.float(), train_labels[rows].to(device))
             optimizer.zero_grad(set_to_none=True)

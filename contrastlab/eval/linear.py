@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from contrastlab.precision import bf16_autocast
 from contrastlab.views.augment import Augment, ViewSampler
 
 DEFAULT_PROBE_LR = {"paper": 10.0, "fast": 1.0}
@@ -161,7 +160,7 @@ def linear_on_images(
     def encode(rows: torch.Tensor) -> torch.Tensor:
         images = train_images[rows].to(device)
         (view,) = views(images, rows)
-        with bf16_autocast(device):
+        with model.precision_context(device):
             return model.backbone(model._layout(view)).float().cpu()
 
     def batches(epoch: int):

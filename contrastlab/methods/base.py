@@ -18,7 +18,7 @@ from torchvision.transforms.v2.functional import center_crop, resize
 from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import ResNetBackbone
-from contrastlab.precision import bf16_autocast
+from contrastlab.precision import autocast_for
 from contrastlab.runs.checks import check_options
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
@@ -127,6 +127,7 @@ class ContrastiveMethod(pl.LightningModule):
         self._epoch_images = 0
         self._epoch_loss = torch.zeros(())  # running sum over this epoch's steps (on device)
         self._epoch_steps = 0
+        self.knn_untrained: float | None = None  # kNN top-1 before the first step
 
     # ------------------------------------------------------------------ hooks for frameworks
 
@@ -142,6 +143,14 @@ class ContrastiveMethod(pl.LightningModule):
         """Optimiser parameter groups; a group with ``"fixed_lr": True`` keeps its learning
         rate out of the schedule (SimSiam's predictor)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def precision_context(self, device: torch.device | None = None) -> AbstractContextManager:
+        """Autocast as in training: the trainer's precision while fitting, else the precision
+        measured for this backbone and view size (:func:`contrastlab.precision.autocast_for`)."""
+        if self._trainer is not None:
+            return self.trainer.precision_plugin.forward_context()
+        device = self.device if device is None else device
+        return autocast_for(self.backbone, self.augment.size, device, self.hparams.channels_last)
 
     @property
     def crop(self) -> ContrastiveCrop | None:
@@ -180,14 +189,41 @@ class ContrastiveMethod(pl.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        if self.crop is not None:
+            boxes, images = len(self.crop.boxes), len(self._training_data().train_set)
+            if boxes != images:
+                raise ValueError(
+                    f"the checkpoint holds ContrastiveCrop boxes for {boxes} images but the "
+                    f"training set has {images}: resume with the same data settings"
+                )
+        if self.global_step == 0 and self.knn_untrained is None:
+            self._knn_of_the_untrained_encoder()
         self._epoch_start = time.perf_counter()  # also when resumed mid-epoch
-        if self.crop is None:
+
+    def _knn_of_the_untrained_encoder(self) -> None:
+        """The kNN monitor once before the first step: ``knn/top1`` at step 0 with epoch -1, the
+        first point of every kNN curve. Saved in checkpoints, so a resume does not redo it."""
+        data = getattr(self.trainer, "datamodule", None)
+        loaders = data.knn_dataloaders() if hasattr(data, "knn_dataloaders") else []
+        if not loaders or not self.trainer.limit_val_batches:
             return
-        boxes, images = len(self.crop.boxes), len(self._training_data().train_set)
-        if boxes != images:
-            raise ValueError(
-                f"the checkpoint holds ContrastiveCrop boxes for {boxes} images but the training "
-                f"set has {images}: resume with the same data settings"
+        was_training = self.training
+        self.eval()
+        outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
+        with torch.no_grad(), self.precision_context():
+            for loader, output in zip(loaders, outputs, strict=True):
+                for images, _, labels in loader:
+                    features = self.features(images.to(self.device, non_blocking=True))
+                    output.append((features, labels.to(self.device)))
+        self.train(was_training)
+        self.knn_untrained = self._knn_top1(*outputs)
+        for logger in self.loggers:
+            logger.log_metrics({"knn/top1": self.knn_untrained, "epoch": -1}, step=0)
+        if self.global_rank == 0:
+            print(
+                f"contrastlab: kNN top-1 of the untrained encoder {self.knn_untrained:.2f}% "
+                f"(k={self.hparams.knn_k}, t={self.hparams.knn_t})",
+                flush=True,
             )
 
     def on_train_epoch_start(self) -> None:
@@ -214,7 +250,7 @@ class ContrastiveMethod(pl.LightningModule):
         found_indices, found_boxes = [], []
         for images, indices, *_ in batches:
             images = images.to(self.device, non_blocking=True)
-            with bf16_autocast(self.device):
+            with self.precision_context():
                 maps = self.backbone.feature_map(self._layout(whole_view(images, self.augment)))
             found_boxes.append(localize_boxes(maps, images.shape[-2:], crop.threshold))
             found_indices.append(indices.to(self.device))
@@ -273,12 +309,20 @@ class ContrastiveMethod(pl.LightningModule):
         self._knn_outputs = [[], []]
         if not bank or not evaluation or self.trainer.sanity_checking:
             return
+        self.log("knn/top1", self._knn_top1(bank, evaluation), prog_bar=True, rank_zero_only=True)
+
+    def _knn_top1(
+        self,
+        bank: list[tuple[torch.Tensor, torch.Tensor]],
+        evaluation: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> float:
+        """The monitor's weighted kNN top-1 (``knn_k``, ``knn_t``) of this process's
+        ``(features, labels)`` batches, gathered from every process."""
         bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
         eval_x, eval_y = (gather_cat(torch.cat(t)) for t in zip(*evaluation, strict=True))
-        top1 = knn_accuracy(
+        return knn_accuracy(
             eval_x, eval_y, bank_x, bank_y, k=self.hparams.knn_k, temperature=self.hparams.knn_t
         )
-        self.log("knn/top1", top1, prog_bar=True, rank_zero_only=True)
 
     # ------------------------------------------------------------------ exact resume
 
@@ -288,6 +332,7 @@ class ContrastiveMethod(pl.LightningModule):
             "view_rng": states,
             "torch_rng": torch.get_rng_state(),
             "epoch_loss": (self._epoch_loss.detach().cpu(), self._epoch_steps),
+            "knn_untrained": self.knn_untrained,
         }
         if self._trainer is not None:  # what a resume compares against
             checkpoint["contrastlab"]["max_epochs"] = self.trainer.max_epochs
@@ -310,6 +355,7 @@ class ContrastiveMethod(pl.LightningModule):
                 state["epoch_loss"][0].clone(),
                 state["epoch_loss"][1],
             )
+        self.knn_untrained = state.get("knn_untrained")
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
