@@ -286,3 +286,10 @@ def test_no_untrained_knn_without_the_monitor(tmp_path, tiny_cifar):
         load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")["contrastlab"]["knn_untrained"]
         is None
     )
+
+
+def test_model_and_data_seeds_may_differ(tmp_path, tiny_cifar):
+    run_dir = fit(tmp_path, tiny_cifar, "seeds", "--trainer.max_epochs", "1", "--model.seed", "1")
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["hyper_parameters"]["seed"] == 1
+    assert checkpoint["datamodule_hyper_parameters"]["seed"] == 0

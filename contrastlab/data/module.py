@@ -106,6 +106,10 @@ class ContrastDataModule(pl.LightningDataModule):
         if lazy and working_size is None:
             raise DatasetError("lazy decoding needs a working_size (e.g. 256 for ImageNet)")
         self.save_hyperparameters()
+        # The loggers get the model's hyperparameters only: Lightning refuses a run whose model
+        # and data share a key with different values (model.seed 1 with data.seed 0). Both
+        # stay in config.yaml and in every checkpoint.
+        self._log_hyperparams = False
         check_options("data", self.hparams)
         self.dataset, self.root, self.download = dataset, root, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
