@@ -221,3 +221,8 @@ def test_several_processes_use_the_cache_or_the_static_guess(monkeypatch, capsys
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert measured_precision(model, data, {"accelerator": "cpu"}) == "bf16-mixed"  # cached
     assert len(calls) == 2
+
+
+def test_the_cache_key_tells_batch_norm_splits_apart():
+    one, eight = ResNetBackbone("resnet18", True, 1), ResNetBackbone("resnet18", True, 8)
+    assert precision.cache_key("cpu", one, 32, True) != precision.cache_key("cpu", eight, 32, True)

@@ -21,6 +21,9 @@ class SplitBatchNorm(nn.BatchNorm2d):
         super().__init__(num_features, **kwargs)
         self.num_splits = num_splits
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.num_splits == 1:
             return super().forward(x)
