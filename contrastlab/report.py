@@ -136,6 +136,7 @@ def final_table(runs: list[Run]) -> str:
     columns = [
         "epochs",
         "final loss",
+        "untrained kNN top-1",
         "final kNN top-1",
         *sorted({k for r in runs for k in r.results}),
     ]
@@ -143,12 +144,15 @@ def final_table(runs: list[Run]) -> str:
     for run in runs:
         loss = run.series.get("train/loss_epoch") or run.series.get("train/loss_step") or []
         knn = run.series.get("knn/top1") or []
+        untrained = knn[0][1] if knn and knn[0][0] == 0 else None  # logged at epoch -1
+        trained = knn[-1] if knn and knn[-1][0] > 0 else None
         cells = [
-            f"{knn[-1][0]:.0f}" if knn else "",
+            f"{trained[0]:.0f}" if trained else "",
             f"{loss[-1][1]:.3f}" if loss else "",
-            f"{knn[-1][1]:.2f}%" if knn else "",
+            f"{untrained:.2f}%" if untrained is not None else "",
+            f"{trained[1]:.2f}%" if trained else "",
         ]
-        for name in columns[3:]:
+        for name in columns[4:]:
             result = run.results.get(name, {})
             top1 = result.get("top1")
             cells.append(f"{top1:.2f}% ({_label(result)})" if top1 is not None else "")
@@ -189,7 +193,8 @@ def write_report(
 
     add("Loss", curve_figure(runs, ["train/loss_step"], "training loss", "step"), "loss.png")
     add("Learning rate", curve_figure(runs, ["train/lr"], "learning rate", "step"), "lr.png")
-    add("kNN accuracy", curve_figure(runs, ["knn/top1"], "kNN top-1 (%)", "epoch"), "knn.png")
+    knn = curve_figure(runs, ["knn/top1"], "kNN top-1 (%)", "epochs trained (0: untrained)")
+    add("kNN accuracy", knn, "knn.png")
     hardness = curve_figure(runs, hardness_keys(runs), "synthetic-negative hardness", "step")
     add("Hardness of negatives", hardness, "hardness.png")
     notes = []

@@ -24,6 +24,7 @@ from contrastlab.export import (
 )
 from contrastlab.methods import MoCoV2, SimCLR
 from contrastlab.report import curve_figure, hardness_keys, pca_2d, read_run, write_report
+from contrastlab.runs.records import read_rows
 from contrastlab.transfer import faster_rcnn_from_export
 
 TINY_RUN = [
@@ -277,6 +278,10 @@ def test_report_of_one_run(run_dir):
         assert (run_dir / "report" / name).is_file(), name
         assert f"report/{name}" in page
     assert "final kNN top-1" in page
+    _, rows = read_rows(run_dir / "metrics.csv")
+    untrained = next(r for r in rows if r.get("knn/top1"))
+    assert untrained["epoch"] == "-1"
+    assert f"<td>{float(untrained['knn/top1']):.2f}%</td>" in page and "untrained kNN" in page
 
 
 def write_metrics(path: Path, rows: list[dict]) -> Path:

@@ -220,10 +220,10 @@ class ContrastiveMethod(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics({"knn/top1": self.knn_untrained, "epoch": -1}, step=0)
         if self.global_rank == 0:
-            print(
+            bar = self.trainer.progress_bar_callback  # prints above its bar, if there is one
+            (bar.print if bar is not None else print)(
                 f"contrastlab: kNN top-1 of the untrained encoder {self.knn_untrained:.2f}% "
-                f"(k={self.hparams.knn_k}, t={self.hparams.knn_t})",
-                flush=True,
+                f"(k={self.hparams.knn_k}, t={self.hparams.knn_t})"
             )
 
     def on_train_epoch_start(self) -> None:
