@@ -1,0 +1,204 @@
+"""Short seeded runs on real CIFAR-10 whose kNN must beat their own untrained encoder.
+
+Shared by ``tests/test_learning.py`` (seed 0 of each recipe, in CI) and
+``bench/learning_margins.py`` (the spread over seeds that the pinned margins come from, and the
+broken variants that each test must catch). Every run is an ordinary ``contrastlab fit`` of a
+shipped preset with the overrides below; the untrained encoder's kNN is the run's own first
+``knn/top1`` point (step 0), so a run measures its gain against itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from contrastlab.cli import main
+from contrastlab.runs.records import read_rows
+
+EPOCHS, SCHEDULE_EPOCHS, STEPS_PER_EPOCH = 4, 10, 32
+STEPS = EPOCHS * STEPS_PER_EPOCH
+"""Each run trains the first 4 epochs (128 steps of 64 images) of a 10-epoch cosine schedule: the
+early phase of a real run, at its high learning rate (a whole 128-step schedule spends half of
+it at a rate too low to leave the early dip of kNN)."""
+
+COMMON = [
+    "--data.train_subset",
+    "2048",
+    "--data.eval_subset",
+    "1000",
+    "--data.batch_size",
+    "64",
+    "--trainer.max_epochs",
+    str(SCHEDULE_EPOCHS),
+    "--trainer.check_val_every_n_epoch",
+    str(EPOCHS),
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.callbacks+=learning.StopAfterEpochs",
+    "--model.augment.scale",
+    "[0.4, 1.0]",
+    "--model.augment.jitter_prob",
+    "0.5",
+    "--model.augment.grayscale_prob",
+    "0.1",
+]
+"""What every recipe shares: the CIFAR recipe's network (ResNet-18, CIFAR stem) at 32 px, with
+milder views than the recipe (crops of 40-100% of the image, colour jitter half the time,
+grayscale a tenth): with the recipe's views, kNN first falls below the untrained encoder's (the
+network unlearns the colour statistics random features classify by) and needs about 300 steps
+to climb back, too long for CI; with these it rises from the start (bench/RESULTS.md)."""
+
+
+class StopAfterEpochs(pl.Callback):
+    """Ends training after :data:`EPOCHS` epochs (after that epoch's kNN)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= EPOCHS:
+            trainer.should_stop = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A shipped preset, its overrides for the short run, and the pinned kNN margin (points
+    above the untrained encoder) that the run must exceed; ``None`` while no CI-sized run of the
+    recipe has been measured to leave the early dip (``bench/learning_margins.py`` probes it)."""
+
+    preset: str
+    overrides: tuple[str, ...]
+    margin: float | None
+
+
+RECIPES: dict[str, Recipe] = {
+    "mocov2": Recipe(
+        "cifar10/mocov2",
+        ("--model.bn_splits", "2", "--model.lr", "0.03", "--model.queue_size", "1024"),
+        margin=1.0,  # seeds 0-2 gained +3.70, +2.50, +2.60; a frozen queue -2.60
+    ),
+    "mocov2_synco": Recipe(
+        "cifar10/mocov2_synco",
+        (
+            "--model.bn_splits",
+            "2",
+            "--model.lr",
+            "0.03",
+            "--model.queue_size",
+            "1024",
+            "--model.synthetic.init_args.n_hard",
+            "256",
+            "--model.synthetic_warmup_epochs",
+            "1",
+        ),
+        margin=0.25,  # seeds 0-2 gained +1.40, +1.00, +2.40; a zero learning rate -4.70
+    ),
+    "simclr_ccrop": Recipe(
+        "cifar10/simclr_ccrop",
+        (
+            "--model.lr",
+            "0.1",
+            "--model.crop.init_args.warmup_epochs",
+            "2",
+            "--model.crop.init_args.interval",
+            "1",
+        ),
+        margin=None,
+    ),
+    "byol": Recipe("cifar10/byol", ("--model.lr", "0.1"), margin=None),
+    "simsiam": Recipe("cifar10/simsiam", ("--model.lr", "0.05"), margin=None),
+}
+PINNED = [name for name, recipe in RECIPES.items() if recipe.margin is not None]
+"""The recipes whose margins are pinned: the learning-regression tests."""
+
+
+def fit_arguments(name: str, root: Path, run_dir: Path, seed: int = 0) -> list[str]:
+    recipe = RECIPES[name]
+    return [
+        "fit",
+        "--config",
+        recipe.preset,
+        "--data.root",
+        str(root),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        f"--seed_everything={seed}",
+        f"--model.seed={seed}",
+        *COMMON,
+        *recipe.overrides,
+    ]
+
+
+def knn_gain(name: str, root: Path, run_dir: Path, seed: int = 0) -> tuple[float, float]:
+    """Run recipe ``name``; return (untrained, trained) kNN top-1 from its ``metrics.csv``."""
+    main(fit_arguments(name, root, run_dir, seed))
+    _, rows = read_rows(run_dir / "metrics.csv")
+    knn = [(int(r["epoch"]), float(r["knn/top1"])) for r in rows if r.get("knn/top1")]
+    assert knn[0][0] == -1 and len(knn) >= 2, knn
+    return knn[0][1], knn[-1][1]
+
+
+# ----------------------------------------------------------------------------- broken methods
+
+
+@contextlib.contextmanager
+def patched(owner: object, name: str, value: object) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def frozen_queue() -> contextlib.AbstractContextManager:
+    """MoCo's queue never takes the new keys: negatives stay the random initial vectors."""
+    from contrastlab.negatives.queue import KeyQueue
+
+    return patched(KeyQueue, "push", lambda self, keys, indices, labels=None: None)
+
+
+def no_stop_gradient() -> contextlib.AbstractContextManager:
+    """SimSiam's loss with the stop-gradient removed (the targets receive gradients)."""
+    import contrastlab.methods.simsiam as simsiam
+
+    def loss(p1, p2, z1, z2):
+        cos = torch.nn.functional.cosine_similarity
+        return -(cos(p1, z2).mean() + cos(p2, z1).mean()) / 2
+
+    return patched(simsiam, "simsiam_loss", loss)
+
+
+def zero_learning_rate() -> contextlib.AbstractContextManager:
+    """Every optimiser step with a learning rate of 0 (BN statistics still move)."""
+    from contrastlab.methods import base
+
+    def factor(step: int, total: int, warmup: int) -> float:
+        return 0.0
+
+    return patched(base, "cosine_with_warmup", factor)
+
+
+def shuffled_positives() -> contextlib.AbstractContextManager:
+    """SimCLR's positive of each view is another image's view: nothing to be invariant to."""
+    import contrastlab.methods.simclr as simclr
+
+    original = simclr.ntxent_logits
+
+    def logits(z, candidates, offset=0):
+        found, positives = original(z, candidates, offset)
+        return found, positives.roll(1)
+
+    return patched(simclr, "ntxent_logits", logits)
+
+
+BROKEN: dict[str, tuple[str, Callable[[], contextlib.AbstractContextManager]]] = {
+    "mocov2": ("a queue that never updates", frozen_queue),
+    "mocov2_synco": ("a zero learning rate", zero_learning_rate),
+    "simclr_ccrop": ("positives paired with another image", shuffled_positives),
+    "byol": ("a zero learning rate", zero_learning_rate),
+    "simsiam": ("the stop-gradient removed", no_stop_gradient),
+}
+"""For each recipe, the broken variant its test must fail on (bench/learning_margins.py)."""
