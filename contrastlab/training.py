@@ -76,15 +76,19 @@ class RunProgressBar(TQDMProgressBar):
     """Lightning's progress bar, plus the time left for the whole run (``run ETA``), from this
     start's mean step time (kNN passes included once they have run)."""
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._start, self._start_step = time.perf_counter(), trainer.global_step
+    _start: float | None = None
+    _start_step = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._start is None:  # the clock starts after the untrained kNN pass
+            self._start, self._start_step = time.perf_counter(), trainer.global_step
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
-        done = trainer.global_step - getattr(self, "_start_step", trainer.global_step)
+        done = trainer.global_step - self._start_step
         total = int(trainer.estimated_stepping_batches)
-        if done > 0 and total > trainer.global_step:
+        if self._start is not None and done > 0 and total > trainer.global_step:
             per_step = (time.perf_counter() - self._start) / done
             items["run ETA"] = format_duration(per_step * (total - trainer.global_step))
         return items

@@ -293,3 +293,20 @@ def test_model_and_data_seeds_may_differ(tmp_path, tiny_cifar):
     checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
     assert checkpoint["hyper_parameters"]["seed"] == 1
     assert checkpoint["datamodule_hyper_parameters"]["seed"] == 0
+
+
+def test_the_progress_bar_shows_the_time_left_for_the_run(tmp_path, tiny_cifar, capfd):
+    from contrastlab.training import format_duration
+
+    assert [format_duration(s) for s in (5, 62, 3723)] == ["0:05", "1:02", "1:02:03"]
+    fit(
+        tmp_path,
+        tiny_cifar,
+        "bar",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "true",
+    )
+    shown = "".join(capfd.readouterr())
+    assert "run ETA=" in shown
