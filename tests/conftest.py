@@ -111,6 +111,24 @@ TINY_MOCO = ["--model.augment.size", "8", "--model.queue_size", "40", "--model.b
 """CLI options of the tiny MoCo v2 runs: 8-px views, a queue of 40, two BN groups."""
 
 
+def tiny_moco_fit(run_dir: Path, data_root: Path, epochs: int, *extra: str) -> list[str]:
+    """``contrastlab fit`` arguments of a tiny MoCo v2 run of ``epochs`` epochs in ``run_dir``."""
+    return [
+        "fit",
+        "--config",
+        "cifar10/mocov2",
+        "--data.root",
+        str(data_root),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        *TINY_MOCO,
+        *QUIET_BATCHES_OF_16,
+        "--trainer.max_epochs",
+        str(epochs),
+        *extra,
+    ]
+
+
 class KeepUntrainedState(pl.Callback):
     """Keeps the model's state dict as it is before the first training step (callbacks'
     ``on_train_start`` runs before the module's, so before the untrained kNN pass)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from conftest import QUIET_BATCHES_OF_16, TINY_MOCO
+from conftest import tiny_moco_fit
 
 KINDS = ("mid-step", "mid-write", "epoch-boundary")
 
@@ -39,18 +39,10 @@ def fit_command(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
 def fit_arguments(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
     """A tiny MoCo v2 run: 100 images, batches of 16 (6 steps an epoch), 3 epochs with kNN after
     each, a step checkpoint every 2 steps, every step logged, fp32 (bit-exact on the CPU)."""
-    return [
-        "fit",
-        "--config",
-        "cifar10/mocov2",
-        "--data.root",
-        str(data_root),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        *TINY_MOCO,
-        *QUIET_BATCHES_OF_16,
-        "--trainer.max_epochs",
-        "3",
+    return tiny_moco_fit(
+        run_dir,
+        data_root,
+        3,
         "--trainer.check_val_every_n_epoch",
         "1",
         "--trainer.precision",
@@ -58,7 +50,7 @@ def fit_arguments(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
         "--checkpoint.every_n_steps",
         "2",
         *extra,
-    ]
+    )
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:

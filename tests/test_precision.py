@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import QUIET_BATCHES_OF_16, TINY_MOCO
+from conftest import tiny_moco_fit
 from torch import nn
 
 import contrastlab.precision as precision
@@ -147,20 +147,7 @@ def test_gpu_candidates_and_guess(monkeypatch, bf16, expected):
 
 
 def fit_options(run_dir, data_root, *extra):
-    return [
-        "fit",
-        "--config",
-        "cifar10/mocov2",
-        "--data.root",
-        str(data_root),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        *TINY_MOCO,
-        *QUIET_BATCHES_OF_16,
-        "--trainer.max_epochs",
-        "1",
-        *extra,
-    ]
+    return tiny_moco_fit(run_dir, data_root, 1, *extra)
 
 
 def fake_rates(monkeypatch, rates: dict[str, float]) -> list[tuple]:
