@@ -6,8 +6,8 @@ continues from a checkpoint (``last.ckpt`` of the run directory by default).
 ``contrastlab knn --checkpoint PATH [--k 20 200 --t 0.1]`` evaluates a checkpoint with weighted
 kNN; ``contrastlab linear --checkpoint PATH [--mode fast|paper]`` with a linear probe;
 ``contrastlab finetune --checkpoint PATH --labels 1%|10%|N`` fine-tunes on a class-balanced
-labelled subset; ``contrastlab export --checkpoint PATH --format torchvision|timm|detectron2
---out F`` writes the backbone for other tools.
+labelled subset; ``contrastlab export --checkpoint PATH --out F --format
+safetensors|torchvision|timm|detectron2`` writes the backbone for other tools.
 ``contrastlab crops --checkpoint PATH --out crops.png`` draws what the encoder attends to:
 heatmaps, ContrastiveCrop boxes and sampled crops of training images.
 ``contrastlab report RUN_DIR [RUN_DIR ...]`` writes an HTML report (curves, kNN, hardness,
@@ -196,7 +196,7 @@ def export(args: list[str]) -> None:
 
     parser = _checkpoint_parser("export", "Write the pretrained backbone for another tool.")
     parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--out", required=True, help="output file (.pth / .pkl)")
+    parser.add_argument("--out", required=True, help="output file (.safetensors / .pth / .pkl)")
     o = parser.parse_args(args)
     model = method_from_checkpoint(load_checkpoint_file(o.checkpoint))
     out = export_backbone(model, o.format, o.out)

@@ -1,10 +1,14 @@
-"""Backbone weights for the tools people fine-tune with: torchvision, timm and detectron2.
+"""Backbone weights for the tools people fine-tune with: safetensors, torchvision, timm and
+detectron2.
 
-Every format holds the pretrained ResNet without its classifier. torchvision and timm files are
-plain state dicts (``torch.load(f, weights_only=True)``) with torchvision's parameter names,
-which timm's ResNets share; the detectron2 file is a pickle in detectron2's naming, as the MoCo
-detection protocol converts it (``stem.conv1``, ``res2.0.conv1.norm``, ``res2.0.shortcut``).
-A ``.json`` beside the file records the architecture and whether it has the CIFAR stem.
+Every format holds the pretrained backbone without its classifier. ``safetensors`` (any
+backbone; the format people share weights in, and it cannot carry code) and ``timm``/
+``torchvision`` (plain state dicts, ``torch.load(f, weights_only=True)``) keep the network's own
+parameter names: torchvision's for the ResNets (which timm's ResNets share), timm's for
+``timm/<name>`` backbones. The detectron2 file (ResNets only) is a pickle in detectron2's
+naming, as the MoCo detection protocol converts it (``stem.conv1``, ``res2.0.conv1.norm``,
+``res2.0.shortcut``). A ``.json`` beside the file records what rebuilds the network (backbone
+name, timm kwargs, CIFAR stem), its feature width, the input normalisation and how to load it.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ from typing import Literal
 import torch
 from torch import nn
 
+from contrastlab.io import atomic_write
 from contrastlab.methods.base import ContrastiveMethod
+from contrastlab.models.backbones import TIMM_PREFIX
 
-Format = Literal["torchvision", "timm", "detectron2"]
-FORMATS: tuple[str, ...] = ("torchvision", "timm", "detectron2")
+Format = Literal["safetensors", "torchvision", "timm", "detectron2"]
+FORMATS: tuple[str, ...] = ("safetensors", "torchvision", "timm", "detectron2")
+RESNET_ONLY = ("torchvision", "detectron2")
 
 
 def backbone_state_dict(model: ContrastiveMethod) -> dict[str, torch.Tensor]:
-    """The online backbone's weights under torchvision's names (no ``fc``), on the CPU."""
+    """The online backbone's weights under its network's own names (no classifier), on the
+    CPU: torchvision's for the ResNets, timm's for timm models."""
     state = model.backbone.net.state_dict()
     return {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith("fc.")}
 
@@ -54,6 +62,14 @@ def timm_resnet(arch: str, cifar_stem: bool = False) -> nn.Module:
     return _cifar_stem(net) if cifar_stem else net
 
 
+def timm_backbone(meta: dict) -> nn.Module:
+    """The timm model a ``timm/<name>`` export loads into with ``strict=True``, from its
+    ``.json``: ``timm.create_model(meta["timm_name"], num_classes=0, **meta["kwargs"])``."""
+    import timm
+
+    return timm.create_model(meta["timm_name"], pretrained=False, num_classes=0, **meta["kwargs"])
+
+
 def detectron2_name(name: str) -> str:
     """torchvision ResNet name -> detectron2's: ``conv1``/``bn1`` of the stem go under
     ``stem.``, ``layerN`` becomes ``res(N+1)``, ``bnK`` the ``convK.norm``, and ``downsample.0``
@@ -78,32 +94,63 @@ def export_backbone(model: ContrastiveMethod, format: Format, out: str | Path) -
     """Write ``model``'s backbone in ``format`` to ``out`` (and ``out`` + ``.json``)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; expected one of {FORMATS}")
+    name = model.hparams.backbone
+    if format in RESNET_ONLY and name.startswith(TIMM_PREFIX):
+        raise ValueError(
+            f"--format {format} holds torchvision ResNets; {name} exports as safetensors or timm"
+        )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     state = backbone_state_dict(model)
     if format == "detectron2":
-        with out.open("wb") as f:
-            pickle.dump(detectron2_weights(state), f)
+        atomic_write(out, lambda f: pickle.dump(detectron2_weights(state), f))
+    elif format == "safetensors":
+        from safetensors.torch import save
+
+        atomic_write(out, lambda f: f.write(save(state, metadata={"backbone": name})))
     else:
-        torch.save(state, out)
-    meta = {
-        "format": format,
-        "arch": model.hparams.backbone,
-        "cifar_stem": bool(model.hparams.cifar_stem),
-        "framework": type(model).__name__,
-        "load": _how_to_load(format, model.hparams.backbone, bool(model.hparams.cifar_stem)),
-    }
-    Path(f"{out}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(out, lambda f: torch.save(state, f))
+    meta = export_metadata(model, format)
+    atomic_write(
+        Path(f"{out}.json"), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode())
+    )
     return out
 
 
-def _how_to_load(format: str, arch: str, cifar_stem: bool) -> str:
+def export_metadata(model: ContrastiveMethod, format: str) -> dict:
+    """What rebuilds and feeds the exported network: backbone name (``arch``), timm name and
+    kwargs, CIFAR stem, feature width, input size and normalisation, and how to load it."""
+    name, hparams = model.hparams.backbone, model.hparams
+    timm_model = name.startswith(TIMM_PREFIX)
+    meta = {
+        "format": format,
+        "arch": name,
+        "timm_name": name.removeprefix(TIMM_PREFIX) if timm_model else name,
+        "kwargs": dict(hparams.get("backbone_kwargs") or {}),
+        "cifar_stem": bool(hparams.cifar_stem),
+        "feature_dim": int(model.backbone.feature_dim),
+        "input_size": int(model.augment.size),
+        "mean": list(model.augment.mean),
+        "std": list(model.augment.std),
+        "framework": type(model).__name__,
+    }
+    meta["load"] = _how_to_load(format, meta)
+    return meta
+
+
+def _how_to_load(format: str, meta: dict) -> str:
     if format == "detectron2":
         return (
             "MODEL.WEIGHTS=<file> with a ResNet backbone of the same depth (MoCo's R50-C4 recipe)"
         )
-    builder = "torchvision_resnet" if format == "torchvision" else "timm_resnet"
-    return (
-        f"contrastlab.export.{builder}({arch!r}, cifar_stem={cifar_stem})"
-        ".load_state_dict(torch.load(file, weights_only=True), strict=True)"
+    weights = (
+        "safetensors.torch.load_file(file)"
+        if format == "safetensors"
+        else "torch.load(file, weights_only=True)"
     )
+    if meta["arch"].startswith(TIMM_PREFIX):
+        kwargs = "".join(f", {k}={v!r}" for k, v in meta["kwargs"].items())
+        builder = f"timm.create_model({meta['timm_name']!r}, num_classes=0{kwargs})"
+    else:
+        tool = "torchvision_resnet" if format == "torchvision" else "timm_resnet"
+        builder = f"contrastlab.export.{tool}({meta['arch']!r}, cifar_stem={meta['cifar_stem']})"
+    return f"{builder}.load_state_dict({weights}, strict=True)"

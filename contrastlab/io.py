@@ -74,6 +74,17 @@ def load_tensors(path: str | Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a torch file (:func:`load_tensors`)."""
+    if Path(path).suffix != ".safetensors":
+        return load_tensors(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"not found: {path}")
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device="cpu")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

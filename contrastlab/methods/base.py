@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -17,12 +18,23 @@ from torchvision.transforms.v2.functional import center_crop, resize
 
 from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
-from contrastlab.models.backbones import ResNetBackbone
+from contrastlab.models.backbones import build_backbone
 from contrastlab.precision import autocast_for
 from contrastlab.runs.checks import check_options
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
 from contrastlab.views.localize import localize_boxes
+
+
+def make_optimizer(
+    kind: str, groups: list[dict], lr: float, weight_decay: float, sgd_momentum: float
+) -> torch.optim.Optimizer:
+    """``sgd`` (with momentum) or ``adamw`` over ``groups``."""
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
+    raise ValueError(f"model.optimizer = {kind!r}: expected 'sgd' or 'adamw'")
 
 
 def full_precision(device: torch.device) -> AbstractContextManager:
@@ -82,11 +94,18 @@ class ContrastiveMethod(pl.LightningModule):
     """What every framework shares. A framework implements :meth:`contrastive_loss`.
 
     Args:
-        backbone: torchvision ResNet name (``resnet18``, ``resnet34``, ``resnet50``).
-        cifar_stem: 3x3 stride-1 stem without max-pool (32-96 px images).
+        backbone: a torchvision ResNet (``resnet18``, ``resnet34``, ``resnet50``) or any timm
+            model as ``timm/<name>`` (e.g. ``timm/vit_small_patch16_224``).
+        backbone_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``,
+            ``drop_path_rate``...); timm models only.
+        backbone_weights: a local weights file to start from (safetensors or torch state dict;
+            nothing is ever downloaded).
+        cifar_stem: 3x3 stride-1 stem without max-pool (32-96 px images); torchvision ResNets.
         bn_splits: SplitBatchNorm groups per process (8 simulates MoCo's 8 GPUs on one device).
         augment: the view recipe (both views).
-        lr, weight_decay, sgd_momentum: SGD; ``lr`` is for the whole global batch.
+        optimizer: ``sgd`` (momentum ``sgd_momentum``) or ``adamw`` (betas 0.9, 0.999; the
+            one that trains ViTs, with a warm-up).
+        lr, weight_decay, sgd_momentum: ``lr`` is for the whole global batch.
         warmup_epochs: linear warm-up before the cosine decay (per step).
         knn_k, knn_t: the kNN monitor's neighbours and temperature.
         channels_last: NHWC memory layout (faster convolutions on most devices).
@@ -99,8 +118,11 @@ class ContrastiveMethod(pl.LightningModule):
         self,
         backbone: str = "resnet18",
         cifar_stem: bool = True,
+        backbone_kwargs: dict[str, Any] | None = None,
+        backbone_weights: str | None = None,
         bn_splits: int = 8,
         augment: Augment = Augment(),
+        optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.06,
         weight_decay: float = 5e-4,
         sgd_momentum: float = 0.9,
@@ -120,7 +142,9 @@ class ContrastiveMethod(pl.LightningModule):
         self.hparams["augment"] = asdict(augment)
         self.hparams["crop"] = crop.config() if crop is not None else None
         self.augment = augment
-        self.backbone = ResNetBackbone(backbone, cifar_stem, bn_splits)
+        self.backbone = build_backbone(
+            backbone, cifar_stem, bn_splits, backbone_kwargs, backbone_weights
+        )
         self.views = ViewSampler([augment, augment], box_sampler=crop, seed=seed)
         self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
         self._epoch_start = time.perf_counter()
@@ -273,11 +297,12 @@ class ContrastiveMethod(pl.LightningModule):
     def configure_optimizers(self):
         groups = self.parameter_groups()
         fixed = [bool(g.pop("fixed_lr", False)) for g in groups]
-        optimizer = torch.optim.SGD(
+        optimizer = make_optimizer(
+            self.hparams.get("optimizer", "sgd"),
             groups,
-            lr=self.hparams.lr,
-            momentum=self.hparams.sgd_momentum,
-            weight_decay=self.hparams.weight_decay,
+            self.hparams.lr,
+            self.hparams.weight_decay,
+            self.hparams.sgd_momentum,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)

@@ -1,6 +1,17 @@
-"""Backbones: torchvision ResNets, optionally with the CIFAR stem, returning pooled features."""
+"""Backbones returning pooled features: torchvision ResNets (CIFAR stem optional) and any timm
+model (``timm/<name>``).
+
+Every backbone has the same small interface, which is all the frameworks, the plug-ins and the
+evaluations use: ``backbone(x) -> (B, feature_dim)`` pooled features, ``feature_dim``, and
+``feature_map(x) -> (B, C, h, w)``, the spatial map that ContrastiveCrop localises objects on.
+``backbone.net`` is the wrapped network, whose ``state_dict`` the exports write.
+"""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -9,6 +20,7 @@ from torch import nn
 from contrastlab.models.splitbn import SplitBatchNorm
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+TIMM_PREFIX = "timm/"
 
 
 class ResNetBackbone(nn.Module):
@@ -23,7 +35,10 @@ class ResNetBackbone(nn.Module):
     def __init__(self, arch: str = "resnet18", cifar_stem: bool = True, bn_splits: int = 1) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown backbone {arch!r}; expected one of {ARCHITECTURES}")
+            raise ValueError(
+                f"unknown backbone {arch!r}; expected one of {ARCHITECTURES} or a timm model "
+                f"as '{TIMM_PREFIX}<name>' (e.g. timm/vit_small_patch16_224)"
+            )
         norm = (lambda c: SplitBatchNorm(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
         net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm)
         if cifar_stem:
@@ -41,3 +56,140 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model without its classifier (``num_classes=0``): ``(B, 3, H, W) ->
+    (B, feature_dim)``, the model's own pooling (average, class token, ...).
+
+    ``kwargs`` go to ``timm.create_model`` (``img_size``, ``patch_size``, ``drop_path_rate``,
+    ``depth``...). Weights are never downloaded: ``weights`` names a local file (safetensors or
+    a torch state dict) that timm loads and adapts (classifier dropped, a ViT's position
+    embedding resampled to ``img_size``). ``bn_splits > 1`` turns every ``BatchNorm2d`` into a
+    :class:`SplitBatchNorm` (models without BatchNorm, such as ViTs, are unchanged).
+
+    :meth:`feature_map` is the last stage's map for convolutional models; for ViT-like models,
+    whose features are tokens, it is the patch tokens (prefix tokens dropped) laid out on their
+    grid: our extension of ContrastiveCrop's localisation to ViTs.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        kwargs: dict[str, Any] | None = None,
+        bn_splits: int = 1,
+        weights: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        self.name = name.removeprefix(TIMM_PREFIX)
+        if not timm.is_model(self.name):
+            close = timm.list_models(f"*{self.name.split('_')[0]}*")[:8]
+            raise ValueError(
+                f"timm has no model {self.name!r}"
+                + (f"; similar names: {', '.join(close)}" if close else "")
+            )
+        options: dict[str, Any] = {"num_classes": 0, **(kwargs or {})}
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"model.backbone_weights: not found: {weights}")
+            options |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights)}}
+        self.net = timm.create_model(self.name, **options)
+        if bn_splits > 1:
+            split_batch_norms(self.net, bn_splits)
+        self.feature_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)``: the last stage's map, or a ViT's patch tokens on their grid.
+
+        timm's ``forward_intermediates`` gives the last block's output before the final norm
+        (a LayerNorm's output sums to its bias over channels, which would leave nothing to
+        localise); models without it fall back to ``forward_features``."""
+        if hasattr(self.net, "forward_intermediates"):
+            try:
+                last = self.net.forward_intermediates(x, indices=1, intermediates_only=True)
+                return last[-1]
+            except (NotImplementedError, TypeError):
+                pass
+        features = self.net.forward_features(x)
+        if features.ndim == 4:
+            channels = self.net.num_features
+            if features.shape[1] != channels and features.shape[-1] == channels:
+                features = features.permute(0, 3, 1, 2)  # NHWC models (e.g. Swin)
+            return features
+        if features.ndim == 3:
+            return self._token_grid(features, x.shape[-2:])
+        raise ValueError(
+            f"timm model {self.name!r} gives features of shape {tuple(features.shape)}; "
+            "ContrastiveCrop needs a spatial map (a convolutional stage or patch tokens)"
+        )
+
+    def _token_grid(self, tokens: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
+        patches = tokens[:, getattr(self.net, "num_prefix_tokens", 0) :]
+        embed = getattr(self.net, "patch_embed", None)
+        if embed is not None and hasattr(embed, "dynamic_feat_size"):
+            height, width = embed.dynamic_feat_size(tuple(image_size))
+        else:
+            height = width = math.isqrt(patches.shape[1])
+        if height * width != patches.shape[1]:
+            raise ValueError(
+                f"timm model {self.name!r}: {patches.shape[1]} tokens do not form a patch grid; "
+                "ContrastiveCrop needs a spatial map"
+            )
+        return patches.transpose(1, 2).reshape(len(patches), -1, height, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def split_batch_norms(module: nn.Module, splits: int) -> nn.Module:
+    """Replace every ``BatchNorm2d`` inside ``module`` by a :class:`SplitBatchNorm` with the
+    same options and state (parameter names are unchanged, so weights still load)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            split = SplitBatchNorm(
+                child.num_features,
+                splits,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split)
+        else:
+            split_batch_norms(child, splits)
+    return module
+
+
+def build_backbone(
+    name: str,
+    cifar_stem: bool = False,
+    bn_splits: int = 1,
+    kwargs: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
+) -> ResNetBackbone | TimmBackbone:
+    """``timm/<name>`` -> :class:`TimmBackbone`; a torchvision ResNet name ->
+    :class:`ResNetBackbone` (``kwargs`` are timm's only; ``weights``: a local state dict of the
+    ResNet under torchvision's names, e.g. a ``contrastlab export``)."""
+    if name.startswith(TIMM_PREFIX):
+        if cifar_stem:
+            raise ValueError(
+                f"model.cifar_stem=true swaps a torchvision ResNet's stem; {name} keeps its own "
+                "(set --model.cifar_stem false, and e.g. img_size/patch_size in "
+                "--model.backbone_kwargs)"
+            )
+        return TimmBackbone(name, kwargs, bn_splits, weights)
+    if kwargs:
+        raise ValueError(
+            f"model.backbone_kwargs are passed to timm models only; {name!r} is a torchvision "
+            f"ResNet (use '{TIMM_PREFIX}<name>' for a timm model)"
+        )
+    backbone = ResNetBackbone(name, cifar_stem, bn_splits)
+    if weights is not None:
+        from contrastlab.io import load_state
+
+        state = load_state(weights)
+        backbone.net.load_state_dict(state, strict=True)
+    return backbone

@@ -23,7 +23,9 @@ class CheckpointError(ValueError):
 
 # Options that only change what is measured or where data is read, never the trained state.
 HARMLESS_ON_RESUME = {
-    "model": {"knn_k", "knn_t"},
+    # backbone_weights only initialises a new run: a resumed one takes its weights from the
+    # checkpoint.
+    "model": {"knn_k", "knn_t", "backbone_weights"},
     "data": {"root", "download", "num_workers", "eval_batch_size", "eval_subset", "on_device"},
 }
 
@@ -68,9 +70,10 @@ def method_class(checkpoint: Mapping[str, Any]) -> type:
 
 
 def method_arguments(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The saved constructor arguments of the framework (plain values)."""
+    """The saved constructor arguments of the framework (plain values), less the initial
+    weights file: the checkpoint's own weights replace it (and it may be gone)."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
-    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+    return {k: v for k, v in hparams.items() if not k.startswith("_") and k != "backbone_weights"}
 
 
 def resume_changes(section: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

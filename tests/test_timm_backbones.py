@@ -1,0 +1,267 @@
+"""Any encoder: a tiny timm ViT and ConvNeXt through MoCo v2 + SynCo, SimCLR + ContrastiveCrop,
+localisation, the safetensors export (strict reload in timm), initial weights from a local file,
+resume, and the errors a user meets with a wrong backbone option."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import QUIET_BATCHES_OF_16
+from safetensors.torch import load_file
+
+from contrastlab.cli import main
+from contrastlab.evaluate import method_from_checkpoint
+from contrastlab.export import export_backbone, timm_backbone
+from contrastlab.methods import MoCoV2, SimCLR
+from contrastlab.methods.base import whole_view
+from contrastlab.models.backbones import TimmBackbone, build_backbone
+from contrastlab.runs.resume import load_checkpoint_file
+from contrastlab.views import ContrastiveCrop, localize_boxes
+
+TINY = {
+    "vit": (
+        "timm/vit_tiny_patch16_224",
+        {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2},
+    ),
+    "convnext": (
+        "timm/convnext_atto",
+        {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32], "patch_size": 1},
+    ),
+}
+"""Both end at a 4x4 map on 32 px images: the ViT's 8 px patches, the ConvNeXt's stride-1 stem
+and three 2x downsamplings."""
+
+
+def tiny(kind: str, **kwargs) -> dict:
+    name, backbone_kwargs = TINY[kind]
+    return {"backbone": name, "backbone_kwargs": backbone_kwargs, "cifar_stem": False, **kwargs}
+
+
+def cli_backbone(kind: str) -> list[str]:
+    name, backbone_kwargs = TINY[kind]
+    return [
+        "--model.backbone",
+        name,
+        "--model.backbone_kwargs",
+        json.dumps(backbone_kwargs),
+        "--model.cifar_stem",
+        "false",
+        "--model.bn_splits",
+        "1",
+    ]
+
+
+def test_vit_feature_map_is_the_patch_tokens_on_their_grid():
+    backbone = build_backbone(*TINY["vit"][:1], kwargs=TINY["vit"][1]).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    net = backbone.net
+    with torch.no_grad():
+        # the last block's tokens, before the final norm: (2, 1 + 16, 32), class token first
+        tokens = net.blocks(net.norm_pre(net._pos_embed(net.patch_embed(x))))
+        grid = backbone.feature_map(x)
+        pooled = backbone(x)
+        normed = net.forward_features(x)
+    assert grid.shape == (2, 32, 4, 4)
+    for row, col in [(0, 0), (0, 3), (2, 1), (3, 3)]:
+        torch.testing.assert_close(grid[:, :, row, col], tokens[:, 1 + 4 * row + col])
+    torch.testing.assert_close(pooled, normed[:, 0])  # the class token is the feature
+    assert backbone.feature_dim == pooled.shape[1] == 32
+    # why not after the final LayerNorm: there every token's channel sum is the bias sum (0)
+    torch.testing.assert_close(normed.sum(-1), torch.zeros(2, 17), atol=1e-4, rtol=0)
+    assert grid.sum(1).std() > 0.1
+
+
+def test_convnext_feature_map_is_the_last_stage():
+    backbone = build_backbone(TINY["convnext"][0], kwargs=TINY["convnext"][1]).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        grid = backbone.feature_map(x)
+        pooled = backbone(x)
+    assert grid.shape == (2, 32, 4, 4) and backbone.feature_dim == 32
+    # timm's ConvNeXt head: global average, then LayerNorm over channels
+    expected = backbone.net.head.norm(grid.mean(dim=(2, 3), keepdim=True)).flatten(1)
+    torch.testing.assert_close(pooled, expected)
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext"])
+def test_localisation_finds_content_in_one_corner(kind, fp32_decisions):
+    """A textured top-left quarter on a flat grey image. The untrained network's flat-region
+    features are alike, so each box is either the whole image (the flat region's channel sum is
+    the highest) or lies in the top-left corner, within a patch / receptive field of it; with
+    this seed some are in the corner."""
+    torch.manual_seed(1)
+    crop = ContrastiveCrop(threshold=0.5)
+    model = SimCLR(**tiny(kind), bn_splits=1, crop=crop, channels_last=False)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
+    images[:, :, :16, :16] = torch.randint(0, 256, (4, 3, 16, 16), generator=generator)
+    model.crop.reset(4)
+    model.localize([(images, torch.arange(4), None)])
+    boxes = model.crop.boxes
+    whole = (boxes == torch.tensor([0.0, 0.0, 1.0, 1.0])).all(dim=1)
+    assert not whole.all(), boxes
+    assert (boxes[~whole] <= 0.65).all(), boxes  # (top, left, bottom, right) in the corner
+    with torch.no_grad():
+        maps = model.eval().backbone.feature_map(model._layout(whole_view(images, model.augment)))
+    assert torch.equal(boxes, localize_boxes(maps, (32, 32), 0.5))
+
+
+FIT_TINY = [
+    *QUIET_BATCHES_OF_16,
+    "--model.augment.size",
+    "32",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+]
+
+
+def fit(run_dir: Path, data_root: Path, config: str, *extra: str) -> dict:
+    root = ["--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]
+    main(["fit", "--config", config, *root, *FIT_TINY, *extra])
+    return load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+
+
+SYNCO_TINY = [
+    "--model.queue_size",
+    "64",
+    "--model.synthetic.init_args.n_hard",
+    "16",
+    "--model.synthetic_warmup_epochs",
+    "0",
+]
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext"])
+def test_mocov2_synco_trains_a_timm_backbone(tmp_path, tiny_cifar, kind, capsys):
+    checkpoint = fit(
+        tmp_path / "run", tiny_cifar, "cifar10/mocov2_synco", *cli_backbone(kind), *SYNCO_TINY
+    )
+    assert checkpoint["global_step"] == 2
+    assert checkpoint["hyper_parameters"]["backbone"] == TINY[kind][0]
+    text = (tmp_path / "run" / "metrics.csv").read_text()
+    assert "knn/top1" in text and "hardness/synthetic_above_positive" in text  # synthetics made
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext"])
+def test_simclr_contrastive_crop_trains_a_timm_backbone(tmp_path, tiny_cifar, kind):
+    ccrop_first = ["--model.crop.init_args.warmup_epochs", "0"]
+    ccrop_first += ["--model.crop.init_args.threshold", "0.5"]
+    checkpoint = fit(
+        tmp_path / "run", tiny_cifar, "cifar10/simclr_ccrop", *cli_backbone(kind), *ccrop_first
+    )
+    boxes = checkpoint["state_dict"]["views.box_sampler.boxes"]
+    assert checkpoint["global_step"] == 2 and len(boxes) == 100
+    assert (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any()
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext"])
+def test_safetensors_export_reloads_strictly_in_timm_with_equal_features(tmp_path, kind):
+    model = MoCoV2(**tiny(kind), bn_splits=1, queue_size=32).eval()
+    out = export_backbone(model, "safetensors", tmp_path / "backbone.safetensors")
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["timm_name"] == TINY[kind][0].removeprefix("timm/")
+    assert meta["kwargs"] == TINY[kind][1] and meta["feature_dim"] == 32
+    assert meta["input_size"] == 32 and len(meta["mean"]) == len(meta["std"]) == 3
+
+    # the documented lines: nothing from contrastlab needed
+    import timm
+
+    net = timm.create_model(meta["timm_name"], num_classes=0, **meta["kwargs"])
+    net.load_state_dict(load_file(out), strict=True)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), model.backbone(x))
+    assert "timm.create_model" in meta["load"] and "strict=True" in meta["load"]
+    assert isinstance(timm_backbone(meta), torch.nn.Module)
+
+
+def test_torch_formats_and_resnet_safetensors(tmp_path):
+    timm_model = MoCoV2(**tiny("vit"), bn_splits=1, queue_size=32)
+    with pytest.raises(ValueError, match="exports as safetensors or timm"):
+        export_backbone(timm_model, "torchvision", tmp_path / "vit.pth")
+    out = export_backbone(timm_model, "timm", tmp_path / "vit.pth")
+    net = timm_backbone(json.loads(Path(f"{out}.json").read_text()))
+    net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+    from contrastlab.export import torchvision_resnet
+
+    resnet = MoCoV2(bn_splits=2, queue_size=32, channels_last=False).eval()
+    out = export_backbone(resnet, "safetensors", tmp_path / "r18.safetensors")
+    net = torchvision_resnet("resnet18", cifar_stem=True).eval()
+    net.load_state_dict(load_file(out), strict=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), resnet.backbone(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_backbone_weights_start_from_a_local_file(tmp_path, kind):
+    options = tiny(kind) if kind == "vit" else {"channels_last": False}
+    source = MoCoV2(**options, bn_splits=1, queue_size=32, seed=1).eval()
+    out = export_backbone(source, "safetensors", tmp_path / "start.safetensors")
+    torch.manual_seed(123)  # another random initialisation, then the file's weights
+    started = MoCoV2(**options, bn_splits=1, queue_size=32, backbone_weights=str(out)).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(started.backbone(x), source.backbone(x))
+    # the key encoder starts from the same weights as the online one
+    for a, b in zip(started.backbone.parameters(), started.key_backbone.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_timm_run_resumes_exactly(tmp_path, tiny_cifar):
+    """Two epochs straight, and one epoch then --resume for the second, end equal."""
+    extra = [*cli_backbone("vit"), "--model.queue_size", "32", "--trainer.max_epochs", "2"]
+    args = ["--config", "cifar10/mocov2", "--data.root", str(tiny_cifar), *FIT_TINY, *extra]
+    main(["fit", *args, "--trainer.default_root_dir", str(tmp_path / "straight")])
+    split = ["--trainer.default_root_dir", str(tmp_path / "split")]
+    stop = ["--trainer.callbacks+=conftest.StopAfterFirstEpoch"]
+    main(["fit", *args, *split, *stop])
+    assert load_checkpoint_file(tmp_path / "split/checkpoints/last.ckpt")["epoch"] == 0
+    main(["fit", *args, *split, "--resume"])
+    straight = load_checkpoint_file(tmp_path / "straight/checkpoints/last.ckpt")
+    resumed = load_checkpoint_file(tmp_path / "split/checkpoints/last.ckpt")
+    assert resumed["global_step"] == straight["global_step"] == 4
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, msg=name)
+    model = method_from_checkpoint(resumed)
+    assert isinstance(model.backbone, TimmBackbone)
+
+
+def test_wrong_backbone_options_say_what_to_do():
+    with pytest.raises(ValueError, match="timm has no model 'vit_tinyy_patch16_224'"):
+        build_backbone("timm/vit_tinyy_patch16_224")
+    with pytest.raises(ValueError, match="--model.cifar_stem false"):
+        build_backbone("timm/convnext_atto", cifar_stem=True)
+    with pytest.raises(ValueError, match="timm models only"):
+        build_backbone("resnet18", kwargs={"img_size": 32})
+    with pytest.raises(ValueError, match="or a timm model"):
+        build_backbone("vit_small")
+    with pytest.raises(FileNotFoundError, match="backbone_weights: not found"):
+        build_backbone(TINY["vit"][0], kwargs=TINY["vit"][1], weights="/nonexistent.safetensors")
+
+
+def test_adamw_option_builds_adamw_with_the_warm_up(tmp_path, tiny_cifar):
+    checkpoint = fit(
+        tmp_path / "run",
+        tiny_cifar,
+        "cifar10/mocov2",
+        *cli_backbone("vit"),
+        "--model.queue_size",
+        "32",
+        "--model.optimizer",
+        "adamw",
+        "--model.lr",
+        "0.001",
+        "--model.weight_decay",
+        "0.05",
+        "--model.warmup_epochs",
+        "4",
+    )
+    group = checkpoint["optimizer_states"][0]["param_groups"][0]
+    assert "betas" in group and group["weight_decay"] == 0.05  # AdamW, not SGD
+    # a warm-up of 4 epochs of 2 steps: after 2 steps the rate is (2 + 1) / 8 of lr
+    assert group["lr"] == pytest.approx(0.001 * 3 / 8)
