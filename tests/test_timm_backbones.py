@@ -157,6 +157,24 @@ def test_simclr_contrastive_crop_trains_a_timm_backbone(tmp_path, tiny_cifar, ki
     assert (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any()
 
 
+def test_evaluations_crops_and_report_work_with_a_vit(tmp_path, tiny_cifar, capsys):
+    run_dir = tmp_path / "run"
+    ccrop_first = ["--model.crop.init_args.warmup_epochs", "0"]
+    fit(run_dir, tiny_cifar, "cifar10/simclr_ccrop", *cli_backbone("vit"), *ccrop_first)
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    main(["knn", "--checkpoint", ckpt, "--k", "5"])
+    main(["linear", "--checkpoint", ckpt, "--epochs", "2", "--lr", "0.1"])
+    main(["linear", "--checkpoint", ckpt, "--mode", "paper", "--epochs", "1"])
+    main(["finetune", "--checkpoint", ckpt, "--labels", "20", "--epochs", "1"])
+    main(["crops", "--checkpoint", ckpt, "--out", str(tmp_path / "crops.png"), "--images", "2"])
+    main(["report", str(run_dir)])
+    out = capsys.readouterr().out
+    assert "fine-tuned on 20 labels" in out and "wrote" in out
+    assert (tmp_path / "crops.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("knn.png", "embedding.png", "crops_run.png"):
+        assert (run_dir / "report" / name).is_file(), name
+
+
 @pytest.mark.parametrize("kind", ["vit", "convnext"])
 def test_safetensors_export_reloads_strictly_in_timm_with_equal_features(tmp_path, kind):
     model = MoCoV2(**tiny(kind), bn_splits=1, queue_size=32).eval()

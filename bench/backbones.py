@@ -1,0 +1,113 @@
+"""Pretraining throughput of MoCo v2 with different encoders, in one run: the CIFAR-stem
+ResNet-18 of the CIFAR recipe against timm backbones (ViT-Tiny with 4x4 patches at 32 px, as in
+the ``cifar10/mocov2_vit`` preset, and ConvNeXt-Atto), on real CIFAR-10.
+
+Each backbone trains through the Lightning trainer for --warmup + --steps optimiser steps in
+each --precision, each in its own process; images/s is measured over the last --steps steps.
+
+    python bench/backbones.py --data ../shared/data --batch 128 --steps 6 --warmup 2 \
+        --precision 32-true bf16-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import torch
+from throughput import Clock
+
+BACKBONES: dict[str, dict] = {
+    "resnet18 (CIFAR stem)": {"backbone": "resnet18", "cifar_stem": True, "bn_splits": 8},
+    "timm/vit_tiny_patch16_224, 4 px patches": {
+        "backbone": "timm/vit_tiny_patch16_224",
+        "backbone_kwargs": {"img_size": 32, "patch_size": 4},
+        "cifar_stem": False,
+        "bn_splits": 1,
+        "optimizer": "adamw",
+        "lr": 5e-4,
+    },
+    "timm/convnext_atto, 1 px stem": {
+        "backbone": "timm/convnext_atto",
+        "backbone_kwargs": {"patch_size": 1},
+        "cifar_stem": False,
+        "bn_splits": 1,
+    },
+}
+
+
+def run(args: argparse.Namespace) -> dict:
+    import lightning.pytorch as pl
+
+    from contrastlab.data.module import ContrastDataModule
+    from contrastlab.methods import MoCoV2
+
+    device = torch.device(args.device)
+    clock = Clock(args.warmup, device)
+
+    class Timer(pl.Callback):
+        def on_train_batch_end(self, *unused) -> None:
+            clock.tick()
+
+    pl.seed_everything(0)
+    model = MoCoV2(queue_size=4096, channels_last=True, **BACKBONES[args.backbone])
+    data = ContrastDataModule(
+        "cifar10", root=args.data, batch_size=args.batch, on_device=device.type == "cuda"
+    )
+    trainer = pl.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_steps=args.warmup + args.steps,
+        limit_val_batches=0,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Timer()],
+    )
+    trainer.fit(model, data)
+    parameters = sum(p.numel() for p in model.backbone.parameters())
+    return {"images_per_sec": args.steps * args.batch / clock.elapsed(), "params": parameters}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", nargs="+", default=["32-true", "bf16-mixed"])
+    parser.add_argument("--backbone", choices=list(BACKBONES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.backbone:
+        args.precision = args.precision[-1]
+        print("RESULT " + json.dumps(run(args)))
+        return
+    rows = []
+    for precision in args.precision:
+        for backbone in BACKBONES:
+            command = [sys.executable, __file__, *sys.argv[1:], "--backbone", backbone]
+            command += ["--precision", precision]
+            done = subprocess.run(command, capture_output=True, text=True)
+            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+            if done.returncode or not line:
+                raise SystemExit(f"{backbone} failed:\n{done.stderr[-3000:]}")
+            rows.append((backbone, precision, json.loads(line[0][7:])))
+            print(backbone, precision, rows[-1][2], flush=True)
+    print(f"\nMoCo v2, batch {args.batch}, {args.device}\n")
+    print("| backbone | parameters | precision | images/s | ratio to ResNet-18 |")
+    print("| --- | --- | --- | --- | --- |")
+    for backbone, precision, result in rows:
+        base = next(r[2] for r in rows if r[1] == precision)["images_per_sec"]
+        print(
+            f"| {backbone} | {result['params'] / 1e6:.1f} M | {precision} | "
+            f"{result['images_per_sec']:.1f} | {result['images_per_sec'] / base:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
