@@ -13,6 +13,7 @@ from contrastlab.views import (
     localize_boxes,
     random_resized_boxes,
 )
+from contrastlab.views.crops import crop_sizes
 
 
 def blob_maps(rows: slice, cols: slice, size: int = 8, channels: int = 4) -> torch.Tensor:
@@ -203,3 +204,17 @@ def test_beta_placement_matches_beta_mean_and_variance():
     u = placement(alpha=0.3).flatten()
     assert abs(u.mean().item() - 0.5) < 0.01
     assert abs(u.var().item() - 1 / (4 * (2 * 0.3 + 1))) < 0.01
+
+
+def test_fallback_crop_is_centred_in_the_image_as_torchvision():
+    """On a 60x400 panorama most draws fit no attempt; the fallback (60 x 80) is centred."""
+    n, size = 2000, (60, 400)
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(n, 4)
+    ours = center_suppressed_boxes(
+        whole, size, alpha=1.0, generator=torch.Generator().manual_seed(1)
+    )
+    # the same generator state draws the same sizes first: which rows took the fallback
+    _, fallback = crop_sizes(n, size, (0.2, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))
+    assert fallback.double().mean() > 0.3
+    assert (ours[fallback] == torch.tensor([0, 160, 60, 80])).all()
+    assert (ours[~fallback, 1] != 160).any()  # the others move

@@ -124,3 +124,33 @@ def test_identity_recipe_gives_normalised_image():
 def test_bad_recipe_is_rejected():
     with pytest.raises(ValueError, match="flip_prob"):
         Augment(flip_prob=1.5)
+
+
+def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    values = torch.cat([a, b]).unique()
+    cdf_a = torch.searchsorted(a.sort().values, values, right=True) / len(a)
+    cdf_b = torch.searchsorted(b.sort().values, values, right=True) / len(b)
+    return float((cdf_a - cdf_b).abs().max())
+
+
+@pytest.mark.parametrize("size", [(60, 400), (400, 60), (375, 500)])
+def test_crop_centres_match_torchvision_also_when_no_attempt_fits(size):
+    """A panorama (60x400) or a tall strip meets RandomResizedCrop's fallback often; torchvision
+    centres the fallback crop. Crop centres and sizes of 20,000 boxes against torchvision's."""
+    n = 20000
+    boxes = random_resized_boxes(
+        n, size, (0.2, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0)
+    )
+    torch.manual_seed(0)
+    image = torch.zeros(1, *size)
+    reference = torch.tensor(
+        [RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=torch.float64,
+    )
+    ours = boxes.double()
+    for axis in (0, 1):
+        centre_ours = ours[:, axis] + ours[:, 2 + axis] / 2
+        centre_reference = reference[:, axis] + reference[:, 2 + axis] / 2
+        assert ks_statistic(centre_ours, centre_reference) < 0.02, axis
+        assert ks_statistic(ours[:, 2 + axis], reference[:, 2 + axis]) < 0.02, axis

@@ -21,12 +21,13 @@ def crop_sizes(
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop ``(height, width)`` per image, drawn exactly as torchvision's RandomResizedCrop.
 
     Area ``~ U(scale) * H * W`` and ``log(w / h) ~ U(log ratio)``; up to ten attempts, the first
-    whose crop fits is kept; otherwise the fallback is the largest centred crop whose aspect is
-    clamped to ``ratio``. Returns ``(n, 2)`` int64.
+    whose crop fits is kept; otherwise the fallback is the largest crop whose aspect is clamped
+    to ``ratio``, which torchvision centres (:func:`centred_starts`). Returns ``(n, 2)`` int64
+    sizes and ``(n,)`` bool, True where the fallback was taken.
     """
     height, width = image_size
     area = height * width
@@ -41,8 +42,14 @@ def crop_sizes(
     rows = torch.arange(n)
     chosen = torch.stack([h[rows, first], w[rows, first]], dim=1)
     fallback = torch.tensor(_fallback_size(image_size, ratio), dtype=torch.float64)
-    chosen = torch.where(fits.any(dim=1, keepdim=True), chosen, fallback)
-    return chosen.to(torch.int64)
+    fell_back = ~fits.any(dim=1)
+    chosen = torch.where(fell_back[:, None], fallback, chosen)
+    return chosen.to(torch.int64), fell_back
+
+
+def centred_starts(image_size: tuple[int, int], sizes: torch.Tensor) -> torch.Tensor:
+    """``((H - h) // 2, (W - w) // 2)``: where torchvision puts the fallback crop."""
+    return torch.div(torch.tensor(image_size) - sizes, 2, rounding_mode="floor")
 
 
 def _fallback_size(image_size: tuple[int, int], ratio: tuple[float, float]) -> tuple[int, int]:
@@ -63,11 +70,13 @@ def random_resized_boxes(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """RandomResizedCrop boxes: sizes from :func:`crop_sizes`, top-left uniform over the
-    positions where the crop fits. Returns ``(n, 4)`` int64 ``(top, left, height, width)``."""
-    sizes = crop_sizes(n, image_size, scale, ratio, generator)
+    positions where the crop fits (centred for the fallback, as torchvision). Returns
+    ``(n, 4)`` int64 ``(top, left, height, width)``."""
+    sizes, fell_back = crop_sizes(n, image_size, scale, ratio, generator)
     room = torch.tensor(image_size) - sizes + 1  # number of valid positions per axis
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
     start = torch.floor(u * room).to(torch.int64)
+    start = torch.where(fell_back[:, None], centred_starts(image_size, sizes), start)
     return torch.cat([start, sizes], dim=1)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from contrastlab.views.crops import crop_sizes
+from contrastlab.views.crops import centred_starts, crop_sizes
 
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
@@ -95,8 +95,10 @@ def center_suppressed_boxes(
     axis, the crop's start is ``lo + floor((hi - lo) u)`` with ``u ~ Beta(alpha, alpha)`` and
     ``[lo, hi)`` the integer starts that put the crop's centre inside the box
     (``lo = ceil(box_lo - size / 2)``, ``hi = floor(box_hi - size / 2) + 1``), clamped so the
-    crop stays in the image. With the whole-image box and ``alpha = 1`` this is exactly
-    RandomResizedCrop; ``alpha < 1`` favours centres near the box edges.
+    crop stays in the image. When none of the ten size attempts fits, the fallback crop is
+    centred in the image, as in torchvision and the authors' code. With the whole-image box and
+    ``alpha = 1`` this is exactly RandomResizedCrop; ``alpha < 1`` favours centres near the box
+    edges.
 
     Args:
         boxes: ``(N, 4)`` object boxes ``(top, left, bottom, right)``, fractions of the image.
@@ -105,7 +107,9 @@ def center_suppressed_boxes(
     """
     generator = generator if generator is not None else torch.default_generator
     n = len(boxes)
-    sizes = crop_sizes(n, image_size, scale, ratio, generator).to(torch.float64)
+    sizes, fell_back = crop_sizes(n, image_size, scale, ratio, generator)
+    centred = centred_starts(image_size, sizes)
+    sizes = sizes.to(torch.float64)
     extent = torch.tensor(image_size, dtype=torch.float64)
     boxes = boxes.detach().to("cpu", torch.float64)
     near, far = boxes[:, :2] * extent, boxes[:, 2:] * extent
@@ -115,6 +119,7 @@ def center_suppressed_boxes(
     hi = torch.maximum(hi.clamp(max=last_start + 1), lo + 1)
     u = beta_samples((n, 2), alpha, generator)
     start = (lo + torch.floor((hi - lo) * u)).clamp(max=hi - 1)  # u == 1 stays in range
+    start = torch.where(fell_back[:, None], centred.to(torch.float64), start)
     return torch.cat([start, sizes], dim=1).to(torch.int64)
 
 
