@@ -157,6 +157,13 @@ def test_simclr_contrastive_crop_trains_a_timm_backbone(tmp_path, tiny_cifar, ki
     assert (boxes != torch.tensor([0.0, 0.0, 1.0, 1.0])).any()
 
 
+@pytest.mark.parametrize("framework", ["byol", "simsiam"])
+def test_byol_and_simsiam_train_a_timm_backbone(tmp_path, tiny_cifar, framework):
+    checkpoint = fit(tmp_path / "run", tiny_cifar, f"cifar10/{framework}", *cli_backbone("vit"))
+    assert checkpoint["global_step"] == 2
+    assert "knn/top1" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
 def test_evaluations_crops_and_report_work_with_a_vit(tmp_path, tiny_cifar, capsys):
     run_dir = tmp_path / "run"
     ccrop_first = ["--model.crop.init_args.warmup_epochs", "0"]
@@ -283,3 +290,16 @@ def test_adamw_option_builds_adamw_with_the_warm_up(tmp_path, tiny_cifar):
     assert "betas" in group and group["weight_decay"] == 0.05  # AdamW, not SGD
     # a warm-up of 4 epochs of 2 steps: after 2 steps the rate is (2 + 1) / 8 of lr
     assert group["lr"] == pytest.approx(0.001 * 3 / 8)
+
+
+def test_bn_splits_turn_a_timm_models_batch_norms_into_split_ones():
+    """Training-mode output of the split model = the plain model run on each half alone."""
+    torch.manual_seed(0)
+    plain = build_backbone("timm/resnet10t", bn_splits=1)
+    split = build_backbone("timm/resnet10t", bn_splits=2)
+    split.load_state_dict(plain.state_dict(), strict=True)  # same names, same state
+    norms = [m for m in split.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(getattr(m, "num_splits", 1) == 2 for m in norms)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    expected = torch.cat([plain(x[:2]), plain(x[2:])])
+    torch.testing.assert_close(split(x), expected)
