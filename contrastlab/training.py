@@ -48,7 +48,8 @@ class RunDirectoryError(OSError):
 
 class RunSummary(pl.Callback):
     """Prints one line when fitting ends: epochs, loss, kNN accuracy of the untrained and the
-    trained encoder, throughput, run dir."""
+    trained encoder, throughput, the last epoch's share of step time spent waiting for data,
+    run dir."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         rank_zero_info("contrastlab summary: " + ", ".join(summary_parts(trainer, pl_module)))
@@ -68,8 +69,18 @@ def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[st
         parts.append(f"kNN top-1 {knn} (k={hp.get('knn_k')}, t={hp.get('knn_t')})")
     if "train/images_per_sec" in metrics:
         parts.append(f"images/s {float(metrics['train/images_per_sec']):.2f}")
+    if "train/data_wait" in metrics:
+        wait = float(metrics["train/data_wait"])
+        parts.append(f"data wait {wait:.0%} of step time{input_bound_hint(wait)}")
     parts.append(f"run dir {trainer.default_root_dir}")
     return parts
+
+
+def input_bound_hint(wait: float) -> str:
+    """A word of advice when steps wait for data a quarter of the time or more."""
+    if wait < 0.25:
+        return ""
+    return " (input-bound: more --data.num_workers, or a faster decoder, would help)"
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -91,6 +102,9 @@ class RunProgressBar(TQDMProgressBar):
         if self._start is not None and done > 0 and total > trainer.global_step:
             per_step = (time.perf_counter() - self._start) / done
             items["run ETA"] = format_duration(per_step * (total - trainer.global_step))
+        share = getattr(pl_module, "data_wait_share", lambda: None)()
+        if share is not None:
+            items["data wait"] = f"{share:.0%}"
         return items
 
 

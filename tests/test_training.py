@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState
+from conftest import QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState, tiny_moco_fit
 
 from contrastlab.cli import main, rewrite_fit_args
 from contrastlab.evaluate import data_from_checkpoint, knn_of_model, method_from_checkpoint
@@ -310,3 +310,43 @@ def test_the_progress_bar_shows_the_time_left_for_the_run(tmp_path, tiny_cifar, 
     )
     shown = "".join(capfd.readouterr())
     assert "run ETA=" in shown
+
+
+# ------------------------------------------------------------------------ waiting for data
+
+
+def test_data_wait_clock_splits_wait_and_step_time(monkeypatch):
+    from contrastlab.methods import base
+
+    times = iter([0.0, 3.0, 4.0, 4.0, 8.0])  # restart, arrive, done, arrive, done
+    monkeypatch.setattr(base.time, "perf_counter", lambda: next(times))
+    clock = base.DataWaitClock()
+    assert clock.share() is None
+    clock.batch_arrived()
+    clock.step_done()
+    clock.batch_arrived()
+    clock.step_done()
+    assert (clock.wait, clock.busy) == (3.0, 5.0)
+    assert clock.share() == pytest.approx(3 / 8)
+
+
+def test_a_slow_loader_shows_as_data_wait(tmp_path, tiny_cifar, caplog, monkeypatch):
+    """Every batch takes 1 s to arrive (a step of these tiny runs, a few hundredths): the
+    summary and metrics.csv say the run waits for data most of the time."""
+    import time
+
+    import contrastlab.data.module as module
+
+    fast = module.pass_batch
+
+    def slow(batch):
+        time.sleep(1.0)
+        return fast(batch)
+
+    monkeypatch.setattr(module, "pass_batch", slow)
+    run_dir = tmp_path / "run"
+    main(tiny_moco_fit(run_dir, tiny_cifar, 1, "--trainer.limit_train_batches", "3"))
+    assert "of step time (input-bound" in caplog.text
+    _, rows = read_rows(run_dir / "metrics.csv")
+    wait = [float(r["train/data_wait"]) for r in rows if r.get("train/data_wait")]
+    assert len(wait) == 1 and wait[0] > 0.5

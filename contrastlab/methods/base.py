@@ -90,6 +90,37 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
+class DataWaitClock:
+    """How much of the training steps' time goes to waiting for data.
+
+    ``wait`` runs from the end of the previous step (or the epoch's start) to the arrival of
+    the next batch, ``busy`` from its arrival to the end of its step; the share is
+    ``wait / (wait + busy)``. Localisation and kNN passes fall outside both. On a GPU, work
+    queued on the device counts where the host waits for it.
+    """
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.wait = self.busy = 0.0
+        self.mark = time.perf_counter()
+
+    def batch_arrived(self) -> None:
+        now = time.perf_counter()
+        self.wait += now - self.mark
+        self.mark = now
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        self.busy += now - self.mark
+        self.mark = now
+
+    def share(self) -> float | None:
+        total = self.wait + self.busy
+        return self.wait / total if self.busy > 0 else None
+
+
 class ContrastiveMethod(pl.LightningModule):
     """What every framework shares. A framework implements :meth:`contrastive_loss`.
 
@@ -151,6 +182,7 @@ class ContrastiveMethod(pl.LightningModule):
         self._epoch_images = 0
         self._epoch_loss = torch.zeros(())  # running sum over this epoch's steps (on device)
         self._epoch_steps = 0
+        self._wait = DataWaitClock()
         self.knn_untrained: float | None = None  # kNN top-1 before the first step
 
     # ------------------------------------------------------------------ hooks for frameworks
@@ -223,6 +255,18 @@ class ContrastiveMethod(pl.LightningModule):
         if self.global_step == 0 and self.knn_untrained is None:
             self._knn_of_the_untrained_encoder()
         self._epoch_start = time.perf_counter()  # also when resumed mid-epoch
+        self._wait.restart()
+
+    def on_train_batch_start(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._wait.batch_arrived()
+
+    def on_train_batch_end(self, outputs, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._wait.step_done()
+
+    def data_wait_share(self) -> float | None:
+        """This epoch's share of step time spent waiting for the next batch (``None`` before
+        the first step)."""
+        return self._wait.share()
 
     def _knn_of_the_untrained_encoder(self) -> None:
         """The kNN monitor once before the first step: ``knn/top1`` at step 0 with epoch -1, the
@@ -258,6 +302,7 @@ class ContrastiveMethod(pl.LightningModule):
             crop.start_if_due(self.current_epoch)
         self._epoch_start, self._epoch_images = time.perf_counter(), 0
         self._epoch_loss, self._epoch_steps = torch.zeros(()), 0
+        self._wait.restart()
 
     @torch.no_grad()
     def localize(self, batches: Iterable[tuple[torch.Tensor, ...]] | None = None) -> None:
@@ -289,6 +334,8 @@ class ContrastiveMethod(pl.LightningModule):
             "train/loss_epoch": float(self._epoch_loss) / max(1, self._epoch_steps),
             "train/images_per_sec": self._epoch_images * world()[1] / max(elapsed, 1e-9),
         }
+        if self._wait.share() is not None:
+            summary["train/data_wait"] = self._wait.share()
         for name, value in summary.items():
             self.log(name, value, logger=False)  # progress bar and the run summary
         for logger in self.loggers:
