@@ -37,8 +37,11 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=learning.EPOCHS, help="kNN every N epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/out/probe"))
-    parser.add_argument("overrides", nargs="*", help="more `contrastlab fit` options, after --")
-    args = parser.parse_args()
+    parser.epilog = "Options after -- go to `contrastlab fit` (after the recipe's own)."
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.overrides = argv[split + 1 :]
     learning.EPOCHS = args.stop  # read by learning.StopAfterEpochs
     common = with_value(COMMON, "--trainer.max_epochs", str(args.schedule))
     common = with_value(common, "--trainer.check_val_every_n_epoch", str(args.every))
