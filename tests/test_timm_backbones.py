@@ -237,6 +237,22 @@ def test_backbone_weights_start_from_a_local_file(tmp_path, kind):
         assert torch.equal(a, b)
 
 
+def test_backbone_weights_from_a_checkpoint_and_a_wrong_file(tmp_path):
+    source = MoCoV2(**tiny("vit"), bn_splits=1, queue_size=32, seed=1).eval()
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "run.ckpt")
+    started = MoCoV2(
+        **tiny("vit"), bn_splits=1, queue_size=32, backbone_weights=str(tmp_path / "run.ckpt")
+    )
+    for a, b in zip(started.backbone.parameters(), source.backbone.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # a two-block ViT's file has every tensor a one-block ViT needs; the reverse does not
+    deeper = MoCoV2(**tiny("vit"), bn_splits=1, queue_size=32)
+    out = export_backbone(deeper, "safetensors", tmp_path / "one_block.safetensors")
+    kwargs = {**TINY["vit"][1], "depth": 2}
+    with pytest.raises(ValueError, match=r"does not hold \d+ of the model's tensors"):
+        build_backbone(TINY["vit"][0], kwargs=kwargs, weights=out)
+
+
 def test_a_timm_run_resumes_exactly(tmp_path, tiny_cifar):
     """Two epochs straight, and one epoch then --resume for the second, end equal."""
     extra = [*cli_backbone("vit"), "--model.queue_size", "32", "--trainer.max_epochs", "2"]

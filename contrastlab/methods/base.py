@@ -129,8 +129,8 @@ class ContrastiveMethod(pl.LightningModule):
             model as ``timm/<name>`` (e.g. ``timm/vit_small_patch16_224``).
         backbone_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``,
             ``drop_path_rate``...); timm models only.
-        backbone_weights: a local weights file to start from (safetensors or torch state dict;
-            nothing is ever downloaded).
+        backbone_weights: a local weights file to start from (safetensors, torch state dict or
+            a contrastlab checkpoint; nothing is ever downloaded).
         cifar_stem: 3x3 stride-1 stem without max-pool (32-96 px images); torchvision ResNets.
         bn_splits: SplitBatchNorm groups per process (8 simulates MoCo's 8 GPUs on one device).
         augment: the view recipe (both views).

@@ -91,11 +91,12 @@ class TimmBackbone(nn.Module):
                 + (f"; similar names: {', '.join(close)}" if close else "")
             )
         options: dict[str, Any] = {"num_classes": 0, **(kwargs or {})}
-        if weights is not None:
-            if not Path(weights).is_file():
-                raise FileNotFoundError(f"model.backbone_weights: not found: {weights}")
-            options |= {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights)}}
+        state = read_backbone_weights(weights) if weights is not None else None
+        if state is not None:
+            options |= {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state}}
         self.net = timm.create_model(self.name, **options)
+        if state is not None:
+            check_weights_cover(self.net, state, weights)
         if bn_splits > 1:
             split_batch_norms(self.net, bn_splits)
         self.feature_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
@@ -143,6 +144,34 @@ class TimmBackbone(nn.Module):
         return self.net(x)
 
 
+def read_backbone_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A backbone's weights from a local file: a safetensors file or torch state dict (an
+    export, timm's or torchvision's weights), or a contrastlab checkpoint (its online backbone,
+    ``backbone.net.*``)."""
+    from contrastlab.io import load_state
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.backbone_weights: not found: {path}")
+    state = load_state(path)
+    inner = state.get("state_dict") if isinstance(state, dict) else None
+    if isinstance(inner, dict):  # a training checkpoint
+        prefix = "backbone.net."
+        state = {k.removeprefix(prefix): v for k, v in inner.items() if k.startswith(prefix)}
+        state = state or inner
+    return state
+
+
+def check_weights_cover(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Every tensor of ``net`` must come from the file (timm loads non-strictly when it drops a
+    classifier, which would leave a mismatched file's layers silently random)."""
+    missing = [k for k in net.state_dict() if k not in state]
+    if missing:
+        raise ValueError(
+            f"model.backbone_weights: {path} does not hold {len(missing)} of the model's tensors "
+            f"(e.g. {', '.join(missing[:4])}): weights of another model or size?"
+        )
+
+
 def split_batch_norms(module: nn.Module, splits: int) -> nn.Module:
     """Replace every ``BatchNorm2d`` inside ``module`` by a :class:`SplitBatchNorm` with the
     same options and state (parameter names are unchanged, so weights still load)."""
@@ -188,8 +217,7 @@ def build_backbone(
         )
     backbone = ResNetBackbone(name, cifar_stem, bn_splits)
     if weights is not None:
-        from contrastlab.io import load_state
-
-        state = load_state(weights)
+        state = read_backbone_weights(weights)
+        check_weights_cover(backbone.net, state, weights)
         backbone.net.load_state_dict(state, strict=True)
     return backbone
