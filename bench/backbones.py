@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import torch
-from throughput import Clock
+from throughput import timed_fit
 
 BACKBONES: dict[str, dict] = {
     "resnet18 (CIFAR stem)": {"backbone": "resnet18", "cifar_stem": True, "bn_splits": 8},
@@ -41,36 +41,12 @@ BACKBONES: dict[str, dict] = {
 def run(args: argparse.Namespace) -> dict:
     import lightning.pytorch as pl
 
-    from contrastlab.data.module import ContrastDataModule
     from contrastlab.methods import MoCoV2
-
-    device = torch.device(args.device)
-    clock = Clock(args.warmup, device)
-
-    class Timer(pl.Callback):
-        def on_train_batch_end(self, *unused) -> None:
-            clock.tick()
 
     pl.seed_everything(0)
     model = MoCoV2(queue_size=4096, channels_last=True, **BACKBONES[args.backbone])
-    data = ContrastDataModule(
-        "cifar10", root=args.data, batch_size=args.batch, on_device=device.type == "cuda"
-    )
-    trainer = pl.Trainer(
-        accelerator=device.type,
-        devices=1,
-        max_steps=args.warmup + args.steps,
-        limit_val_batches=0,
-        precision=args.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Timer()],
-    )
-    trainer.fit(model, data)
     parameters = sum(p.numel() for p in model.backbone.parameters())
-    return {"images_per_sec": args.steps * args.batch / clock.elapsed(), "params": parameters}
+    return {"images_per_sec": timed_fit(model, args), "params": parameters}
 
 
 def main() -> None:

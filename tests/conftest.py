@@ -139,3 +139,23 @@ class KeepUntrainedState(pl.Callback):
         if trainer.global_step == 0:
             state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             KeepUntrainedState.states.append(state)
+
+
+CCROP_FIRST = [
+    "--model.crop.init_args.warmup_epochs",
+    "0",
+    "--model.crop.init_args.threshold",
+    "0.5",
+]
+"""ContrastiveCrop localises before the first step, so that every step uses its crops."""
+
+
+def fit_run(run_dir: Path, data_root: Path, config: str, *options: str) -> dict:
+    """``contrastlab fit --config config`` on ``data_root`` into ``run_dir`` with ``options``;
+    returns the run's ``last.ckpt``."""
+    from contrastlab.cli import main
+    from contrastlab.runs.resume import load_checkpoint_file
+
+    root = ["--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]
+    main(["fit", "--config", config, *root, *options])
+    return load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16
+from conftest import CCROP_FIRST, QUIET_BATCHES_OF_16, fit_run
 from torch.nn import functional as F
 
 from contrastlab.cli import main
@@ -119,18 +119,9 @@ FRAMEWORK_TINY = [
     "1",
 ]
 
-# localise before the first step so that every step uses ContrastiveCrop
-CCROP_FIRST = [
-    "--model.crop.init_args.warmup_epochs",
-    "0",
-    "--model.crop.init_args.threshold",
-    "0.5",
-]
 
-
-def fit_tiny(run_dir: Path, data_root: Path, config: str, *extra: str) -> None:
-    root = ["--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]
-    main(["fit", "--config", config, *root, *FRAMEWORK_TINY, *extra])
+def fit_tiny(run_dir: Path, data_root: Path, config: str, *extra: str) -> dict:
+    return fit_run(run_dir, data_root, config, *FRAMEWORK_TINY, *extra)
 
 
 @pytest.mark.parametrize("framework", ["mocov2", "simclr", "byol", "simsiam"])
@@ -143,8 +134,7 @@ def test_every_framework_trains_with_and_without_contrastive_crop(
         extra += CCROP_FIRST
     run_dir = tmp_path / "run"
     config = f"cifar10/{framework}{'_ccrop' if ccrop else ''}"
-    fit_tiny(run_dir, tiny_cifar, config, *extra)
-    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    checkpoint = fit_tiny(run_dir, tiny_cifar, config, *extra)
     assert checkpoint["global_step"] == 2
     assert "knn/top1" in (run_dir / "metrics.csv").read_text()
     state = checkpoint["state_dict"]
@@ -228,8 +218,7 @@ def test_both_plug_ins_at_once(tmp_path, tiny_cifar):
     run_dir = tmp_path / "run"
     synthetic = ["--model.synthetic.init_args.n_hard", "16", "--model.synthetic_warmup_epochs", "0"]
     extra = ["--model.queue_size", "40", *synthetic, *CCROP_FIRST]
-    fit_tiny(run_dir, tiny_cifar, "cifar10/mocov2_synco_ccrop", *extra)
-    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    checkpoint = fit_tiny(run_dir, tiny_cifar, "cifar10/mocov2_synco_ccrop", *extra)
     assert bool(checkpoint["state_dict"]["views.box_sampler.active"])
     assert checkpoint["hyper_parameters"]["synthetic"]["n_hard"] == 16
     assert "hardness/synthetic_above_positive" in (run_dir / "metrics.csv").read_text()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16
+from conftest import CCROP_FIRST, QUIET_BATCHES_OF_16, fit_run
 from safetensors.torch import load_file
 
 from contrastlab.cli import main
@@ -119,9 +119,7 @@ FIT_TINY = [
 
 
 def fit(run_dir: Path, data_root: Path, config: str, *extra: str) -> dict:
-    root = ["--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]
-    main(["fit", "--config", config, *root, *FIT_TINY, *extra])
-    return load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    return fit_run(run_dir, data_root, config, *FIT_TINY, *extra)
 
 
 SYNCO_TINY = [
@@ -147,10 +145,8 @@ def test_mocov2_synco_trains_a_timm_backbone(tmp_path, tiny_cifar, kind, capsys)
 
 @pytest.mark.parametrize("kind", ["vit", "convnext"])
 def test_simclr_contrastive_crop_trains_a_timm_backbone(tmp_path, tiny_cifar, kind):
-    ccrop_first = ["--model.crop.init_args.warmup_epochs", "0"]
-    ccrop_first += ["--model.crop.init_args.threshold", "0.5"]
     checkpoint = fit(
-        tmp_path / "run", tiny_cifar, "cifar10/simclr_ccrop", *cli_backbone(kind), *ccrop_first
+        tmp_path / "run", tiny_cifar, "cifar10/simclr_ccrop", *cli_backbone(kind), *CCROP_FIRST
     )
     boxes = checkpoint["state_dict"]["views.box_sampler.boxes"]
     assert checkpoint["global_step"] == 2 and len(boxes) == 100

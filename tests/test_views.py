@@ -37,6 +37,16 @@ def test_downscaled_crop_is_antialiased_average():
     torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-5, rtol=0)
 
 
+def torchvision_boxes(n: int, size: tuple[int, int]) -> torch.Tensor:
+    """``n`` boxes ``(top, left, height, width)`` from torchvision's RandomResizedCrop (seed 0)."""
+    torch.manual_seed(0)
+    image = torch.zeros(1, *size)
+    return torch.tensor(
+        [RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=torch.float64,
+    )
+
+
 def test_random_resized_boxes_inside_image_and_match_torchvision_distribution():
     g = torch.Generator().manual_seed(0)
     n, size = 4000, (24, 40)
@@ -44,12 +54,7 @@ def test_random_resized_boxes_inside_image_and_match_torchvision_distribution():
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= size[0]).all() and (left + w <= size[1]).all() and (h > 0).all()
-    torch.manual_seed(0)
-    image = torch.zeros(3, *size)
-    reference = torch.tensor(
-        [RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
-        dtype=torch.float64,
-    )
+    reference = torchvision_boxes(n, size)
     ours = boxes.double()
     # same distribution: compare means and spreads of every coordinate (4000 draws)
     for column in range(4):
@@ -142,12 +147,7 @@ def test_crop_centres_match_torchvision_also_when_no_attempt_fits(size):
     boxes = random_resized_boxes(
         n, size, (0.2, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0)
     )
-    torch.manual_seed(0)
-    image = torch.zeros(1, *size)
-    reference = torch.tensor(
-        [RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
-        dtype=torch.float64,
-    )
+    reference = torchvision_boxes(n, size)
     ours = boxes.double()
     for axis in (0, 1):
         centre_ours = ours[:, axis] + ours[:, 2 + axis] / 2
