@@ -117,8 +117,7 @@ class DataWaitClock:
         self.mark = now
 
     def share(self) -> float | None:
-        total = self.wait + self.busy
-        return self.wait / total if self.busy > 0 else None
+        return self.wait / (self.wait + self.busy) if self.busy > 0 else None
 
 
 class ContrastiveMethod(pl.LightningModule):
@@ -334,8 +333,9 @@ class ContrastiveMethod(pl.LightningModule):
             "train/loss_epoch": float(self._epoch_loss) / max(1, self._epoch_steps),
             "train/images_per_sec": self._epoch_images * world()[1] / max(elapsed, 1e-9),
         }
-        if self._wait.share() is not None:
-            summary["train/data_wait"] = self._wait.share()
+        wait = self._wait.share()
+        if wait is not None:
+            summary["train/data_wait"] = wait
         for name, value in summary.items():
             self.log(name, value, logger=False)  # progress bar and the run summary
         for logger in self.loggers:
