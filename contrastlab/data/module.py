@@ -9,18 +9,31 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from contrastlab.data.datasets import InMemoryImages, LazyImageFolder, collate_lazy, pass_batch
+from contrastlab.data.datasets import (
+    FolderViews,
+    InMemoryImages,
+    LazyImageFolder,
+    collate_lazy,
+    collate_views,
+    pass_batch,
+)
 from contrastlab.data.download import ensure_dataset, resolve_root
+from contrastlab.data.index import FolderIndex, folder_index
 from contrastlab.data.readers import (
     DatasetError,
     ImageSet,
-    list_image_folder,
     read_cifar,
     read_image_folder,
     read_stl10,
     read_tiny_imagenet,
 )
-from contrastlab.data.sampling import GlobalBatchSampler, ResumableLoader
+from contrastlab.data.sampling import (
+    BoxDrawer,
+    GlobalBatchSampler,
+    ResumableLoader,
+    ViewRequestSampler,
+    whole_images,
+)
 from contrastlab.distributed import world
 from contrastlab.runs.checks import check_options
 
@@ -75,8 +88,17 @@ class ContrastDataModule(pl.LightningDataModule):
         train_subset / eval_subset: use a seeded random subset of the pretraining split (and of
             the kNN bank) / of the evaluation split, for quick runs.
         lazy: decode image files in data-loader workers (large folders such as ImageNet)
-            instead of holding every image in memory.
-        working_size: square size images are decoded to for folders (needed when they differ).
+            instead of holding every image in memory. The folder is indexed once (file list,
+            sizes, a decode check: :mod:`contrastlab.data.index`). Without ``working_size``,
+            views are cut from each image at its own resolution, as the papers' loaders do:
+            the boxes are drawn first, each file is decoded at the smallest DCT scale that
+            keeps them sharp, and cropping and resizing happen on the device. The kNN splits
+            are resized to ``256 / 224`` of the view size and centre-cropped.
+        working_size: decode every image to this square first (shorter side resized, centre
+            crop): views then never reach the outer parts of non-square photos. In memory it
+            is needed when the images differ in size; with ``lazy`` it is a speed option.
+        skip_bad_images: leave files that cannot be decoded out of a lazy folder (they are
+            listed) instead of stopping with an error that names them.
         on_device: keep in-memory datasets on the accelerator (no host-to-device copies).
         num_workers: data-loader workers (only useful with ``lazy``).
     """
@@ -95,6 +117,7 @@ class ContrastDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         eval_batch_size: int = 512,
         seed: int = 0,
+        skip_bad_images: bool = False,
     ) -> None:
         super().__init__()
         if dataset not in DEFAULT_SPLITS:
@@ -103,8 +126,6 @@ class ContrastDataModule(pl.LightningDataModule):
             )
         if lazy and dataset != "folder":
             raise DatasetError("lazy decoding applies to dataset='folder' only")
-        if lazy and working_size is None:
-            raise DatasetError("lazy decoding needs a working_size (e.g. 256 for ImageNet)")
         self.save_hyperparameters()
         # The loggers get the model's hyperparameters only: Lightning refuses a run whose model
         # and data share a key with different values (model.seed 1 with data.seed 0). Both
@@ -116,6 +137,9 @@ class ContrastDataModule(pl.LightningDataModule):
         self.train_subset, self.eval_subset = train_subset, eval_subset
         self.lazy, self.working_size, self.on_device = lazy, working_size, on_device
         self.num_workers, self.seed = num_workers, seed
+        self.skip_bad_images = skip_bad_images
+        self._draw_boxes: BoxDrawer | None = None
+        self.view_size: int | None = None
         self.train_set: Dataset | None = None
         self.bank_set: Dataset | None = None
         self.eval_set: Dataset | None = None
@@ -126,8 +150,26 @@ class ContrastDataModule(pl.LightningDataModule):
             return resolve_root(self.root)
         return ensure_dataset(self.dataset, self.root, self.download)
 
+    @property
+    def native(self) -> bool:
+        """Views cut from each image at its own resolution (lazy folders without a working
+        size)."""
+        return self.lazy and self.working_size is None
+
+    def attach_views(self, draw: BoxDrawer, view_size: int) -> None:
+        """The model's box sampler and view size, which the native-resolution training and
+        localisation loaders need to draw boxes before decoding."""
+        self._draw_boxes, self.view_size = draw, view_size
+        for dataset in (self.bank_set, self.eval_set):
+            if self.native and isinstance(dataset, LazyImageFolder):
+                dataset.size = self._square_size()
+
     def prepare_data(self) -> None:
-        self.data_root()  # downloads once per node, before setup()
+        root = self.data_root()  # downloads once per node, before setup()
+        if self.lazy:  # index once per node; the other processes load it in setup()
+            for split in dict.fromkeys(DEFAULT_SPLITS[self.dataset]):
+                if split == "train" or (root / split).is_dir():
+                    self._index(_folder_split(root, split))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -135,7 +177,7 @@ class ContrastDataModule(pl.LightningDataModule):
         root = self.data_root()
         train_split, bank_split, eval_split = DEFAULT_SPLITS[self.dataset]
         if self.lazy:
-            self.train_set = self._lazy(root, train_split)
+            self.train_set = self._lazy(root, train_split, views=self.native)
             self.bank_set = self._lazy(root, bank_split, optional=True)
             self.eval_set = self._lazy(root, eval_split, optional=True)
             return
@@ -190,16 +232,40 @@ class ContrastDataModule(pl.LightningDataModule):
             dataset.to(self.trainer.strategy.root_device)
         return dataset
 
-    def _lazy(self, root: Path, split: str, optional: bool = False) -> LazyImageFolder | None:
+    def _index(self, folder: Path) -> FolderIndex:
+        index = folder_index(folder, skip_bad=self.skip_bad_images)
+        if index.skipped:
+            print(
+                f"contrastlab: {folder}: left out {len(index.skipped)} file(s) that cannot be "
+                "decoded: " + ", ".join(name for name, _ in index.skipped[:5])
+            )
+        return index
+
+    def _lazy(
+        self, root: Path, split: str, optional: bool = False, views: bool = False
+    ) -> Dataset | None:
+        """A lazily decoded split: native-resolution :class:`FolderViews` with ``views``, else
+        squares of :meth:`_square_size`."""
         folder = _folder_split(root, split) if not optional or (root / split).is_dir() else None
         if folder is None:
             return None
-        files, labels, classes = list_image_folder(folder)
-        if classes is not None:
-            self.num_classes = len(classes)
-        return LazyImageFolder(files, labels, self.working_size or 0)
+        index = self._index(folder)
+        if index.classes is not None:
+            self.num_classes = len(index.classes)
+        if views:
+            return FolderViews(index.paths(), index.label_list(), torch.from_numpy(index.sizes))
+        return LazyImageFolder(index.paths(), index.label_list(), self._square_size())
 
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+    def _square_size(self) -> int:
+        """The working size, or for native views the kNN splits' resize: ``256 / 224`` of the
+        view size (ImageNet's Resize(256) + CenterCrop(224))."""
+        if self.working_size is not None:
+            return self.working_size
+        return round((self.view_size or 224) * 256 / 224)
+
+    def _loader(
+        self, dataset: Dataset, batch_size: int, train: bool, draw: BoxDrawer | None = None
+    ) -> DataLoader:
         rank, size = world()
         sampler = GlobalBatchSampler(
             len(dataset),
@@ -215,16 +281,28 @@ class ContrastDataModule(pl.LightningDataModule):
                 f"{len(dataset)} training images cannot fill one global batch of "
                 f"{batch_size * size}; lower data.batch_size"
             )
-        lazy = isinstance(dataset, LazyImageFolder)
+        lazy = isinstance(dataset, LazyImageFolder | FolderViews)
         workers = self.num_workers if lazy else 0
-        pin = lazy and torch.cuda.is_available()
+        if isinstance(dataset, FolderViews):
+            if draw is None or self.view_size is None:
+                raise RuntimeError(
+                    "native-resolution views need the model's box sampler: fit a contrastlab "
+                    "method with this data module (it calls attach_views)"
+                )
+            batches = ViewRequestSampler(
+                sampler, batch_size, train, dataset.sizes, draw, self.view_size, self.seed
+            )
+            collate = collate_views
+        else:
+            batches = BatchSampler(sampler, batch_size, drop_last=train)
+            collate = collate_lazy if lazy else pass_batch
         loader = ResumableLoader if train else DataLoader
         return loader(
             dataset,
-            batch_sampler=BatchSampler(sampler, batch_size, drop_last=train),
-            collate_fn=collate_lazy if lazy else pass_batch,
+            batch_sampler=batches,
+            collate_fn=collate,
             num_workers=workers,
-            pin_memory=pin,
+            pin_memory=lazy and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             # its own generator: starting an iterator then draws no number from torch's global
             # RNG, which the checkpoint restores, so a mid-epoch resume stays exact
@@ -232,12 +310,13 @@ class ContrastDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        return self._loader(self.train_set, self.batch_size, train=True, draw=self._draw_boxes)
 
     def localization_dataloader(self) -> DataLoader:
         """This process's share of the pretraining split, un-augmented, in dataset order
-        (ContrastiveCrop's localisation pass)."""
-        return self._loader(self.train_set, self.eval_batch_size, train=False)
+        (ContrastiveCrop's localisation pass); native-resolution batches carry one box per
+        image, the whole image, which the pass resizes to the view size."""
+        return self._loader(self.train_set, self.eval_batch_size, train=False, draw=whole_images)
 
     def knn_dataloaders(self) -> list[DataLoader]:
         """``[bank, evaluation]`` loaders in dataset order, or ``[]`` without labelled splits."""

@@ -16,11 +16,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from contrastlab.data.errors import DatasetError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or does not have the structure its format requires."""
 
 
 @dataclass(frozen=True)
@@ -222,16 +220,14 @@ def read_stl10(root: str | Path, split: str = "train") -> ImageSet:
 
 def decode_image(path: Path, size: int | None = None) -> torch.Tensor:
     """Decode one image file to ``(3, H, W)`` uint8 RGB; with ``size``, resize the shorter side
-    to ``size`` and centre-crop to ``size x size`` (the fixed working size)."""
-    from PIL import Image
+    to ``size`` and centre-crop to ``size x size`` (the fixed working size), decoding a large
+    JPEG at the smallest DCT scale that still holds ``size`` pixels."""
     from torchvision.transforms.v2.functional import center_crop, resize
 
-    try:
-        with Image.open(path) as file:
-            pixels = np.asarray(file.convert("RGB"))
-    except Exception as error:  # PIL raises several types for truncated or foreign files
-        raise DatasetError(f"{path}: not a readable image ({error})") from error
-    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+    from contrastlab.data.decode import decode_rgb, decode_square
+
+    pixels = decode_rgb(path) if size is None else decode_square(path, size)
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
     if size is not None:
         image = center_crop(resize(image, [size], antialias=True), [size, size])
     return image

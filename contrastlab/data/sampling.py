@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 
 class GlobalBatchSampler(Sampler[int]):
@@ -109,3 +110,54 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.global_sampler.skip_batches(int(state["epoch"]), int(state["batches"]))
+
+
+BoxDrawer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+"""``(dataset indices (n,), image sizes (n, 2), generator) -> (V, n, 4)`` int crop boxes."""
+
+
+def batch_generator(*key: int) -> torch.Generator:
+    """A generator seeded by ``key`` alone (``(seed, epoch, batch, rank)``): the boxes of a
+    batch do not depend on what was drawn before, so a resumed run and any number of loader
+    workers draw the same ones."""
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def whole_images(indices: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator):
+    """One box per image covering all of it (the localisation pass): ``(1, n, 4)``."""
+    return torch.cat([torch.zeros_like(sizes), sizes], dim=1).unsqueeze(0)
+
+
+class ViewRequestSampler(BatchSampler):
+    """A ``BatchSampler`` over a :class:`GlobalBatchSampler` whose batches are view requests
+    ``(index, boxes, out_size)``: the boxes are drawn here, in the training process, before the
+    images are decoded, by ``draw`` (the model's box sampler, which reads ContrastiveCrop's
+    current store), from :func:`batch_generator` of ``(seed, epoch, batch number, rank)``.
+
+    The batches of an epoch are asked for only once its iteration starts, after
+    ``on_train_epoch_start`` has localised, so no request carries a stale box.
+    """
+
+    def __init__(
+        self,
+        sampler: GlobalBatchSampler,
+        batch_size: int,
+        drop_last: bool,
+        sizes: torch.Tensor,
+        draw: BoxDrawer,
+        out_size: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.sizes, self.draw, self.out_size, self.seed = sizes, draw, out_size, seed
+
+    def __iter__(self) -> Iterator[list[tuple[int, torch.Tensor, int]]]:
+        sampler = self.sampler
+        epoch, number = sampler.epoch, sampler.pending_skip()
+        for batch in super().__iter__():
+            indices = torch.tensor(batch)
+            generator = batch_generator(self.seed, epoch, number, sampler.rank)
+            boxes = self.draw(indices, self.sizes[indices], generator)
+            number += 1
+            yield [(i, boxes[:, j], self.out_size) for j, i in enumerate(batch)]

@@ -23,6 +23,7 @@ from contrastlab.precision import autocast_for
 from contrastlab.runs.checks import check_options
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
+from contrastlab.views.crops import crop_and_resize
 from contrastlab.views.localize import localize_boxes
 
 
@@ -62,9 +63,18 @@ def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
     return standardize(x, augment)
 
 
-def whole_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
-    """The whole un-augmented uint8 image, normalised as the training views (localisation)."""
-    return standardize(images.float().div_(255), augment)
+def whole_view(
+    images: torch.Tensor, augment: Augment, extents: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The whole un-augmented uint8 image, normalised as the training views (localisation).
+
+    With ``extents`` (``(B, 4)`` boxes covering each image of a padded native-resolution
+    batch), each image is resized to ``size x size`` (its aspect not kept): a box found on it
+    as fractions of each axis is the same fraction of the original image."""
+    x = images.float().div_(255)
+    if extents is not None:
+        x = crop_and_resize(x, extents, augment.size)
+    return standardize(x, augment)
 
 
 def standardize(x: torch.Tensor, augment: Augment) -> torch.Tensor:
@@ -219,6 +229,9 @@ class ContrastiveMethod(pl.LightningModule):
         self.views.reseed(self.hparams.seed * 1_000_003 + rank)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and hasattr(data, "attach_views"):
+            data.attach_views(self.views.draw_boxes, self.augment.size)
         if self.crop is not None and stage == "fit":
             self.crop.reset(len(self._training_data().train_set))
 
@@ -232,8 +245,8 @@ class ContrastiveMethod(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        images, indices, labels = batch
-        views = [self._layout(v) for v in self.views(images, indices)]
+        images, indices, labels, *boxes = batch  # native-resolution batches carry their boxes
+        views = [self._layout(v) for v in self.views(images, indices, *boxes)]
         self.momentum_update()
         loss = self.contrastive_loss(views, indices, labels)
         self._epoch_images += len(images)
@@ -316,11 +329,12 @@ class ContrastiveMethod(pl.LightningModule):
             batches = self._training_data().localization_dataloader()
         self.eval()
         found_indices, found_boxes = [], []
-        for images, indices, *_ in batches:
+        for images, indices, *rest in batches:
             images = images.to(self.device, non_blocking=True)
+            whole = whole_view(images, self.augment, rest[1][0] if len(rest) == 2 else None)
             with self.precision_context():
-                maps = self.backbone.feature_map(self._layout(whole_view(images, self.augment)))
-            found_boxes.append(localize_boxes(maps, images.shape[-2:], crop.threshold))
+                maps = self.backbone.feature_map(self._layout(whole))
+            found_boxes.append(localize_boxes(maps, whole.shape[-2:], crop.threshold))
             found_indices.append(indices.to(self.device))
         crop.update(gather_cat(torch.cat(found_indices)), gather_cat(torch.cat(found_boxes)))
         self.train(was_training)

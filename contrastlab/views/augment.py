@@ -174,11 +174,26 @@ class ViewSampler(nn.Module):
         self.generator.set_state(state)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
+    def draw_boxes(
+        self, indices: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Every view's crop boxes ``(V, n, 4)`` for images of their own ``sizes`` ``(n, 2)``,
+        drawn from ``generator`` (a data loader's, before it decodes the images)."""
+        return torch.stack([self.box_sampler(indices, sizes, generator) for _ in self.augments])
+
+    @torch.no_grad()
+    def forward(
+        self, images: torch.Tensor, indices: torch.Tensor, boxes: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The views of a uint8 batch; with ``boxes`` ``(V, B, 4)`` (drawn by the loader, in
+        each image's pixels), those crops instead of boxes drawn here on the batch's size."""
         size = (images.shape[-2], images.shape[-1])
         views = []
-        for aug in self.augments:
-            boxes = self.box_sampler(indices, size, self.generator)
+        for v, aug in enumerate(self.augments):
+            if boxes is None:
+                view_boxes = self.box_sampler(indices, size, self.generator)
+            else:
+                view_boxes = boxes[v]
             params = sample_parameters(len(images), aug, self.generator)
-            views.append(apply_view(images, boxes, params, aug))
+            views.append(apply_view(images, view_boxes, params, aug))
         return views

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from contrastlab.views.crops import random_resized_boxes
+from contrastlab.views.crops import ImageSize, random_resized_boxes
 from contrastlab.views.localize import WHOLE_IMAGE, center_suppressed_boxes, check_box
 
 
@@ -95,9 +95,10 @@ class ContrastiveCrop(nn.Module):
         self.boxes[indices.to(self.boxes.device)] = boxes.to(self.boxes)
 
     def forward(
-        self, indices: torch.Tensor, image_size: tuple[int, int], generator: torch.Generator
+        self, indices: torch.Tensor, image_size: ImageSize, generator: torch.Generator
     ) -> torch.Tensor:
-        """The box sampler: ``(dataset indices, (H, W), generator) -> (B, 4)`` int crop boxes."""
+        """The box sampler: ``(dataset indices, (H, W) or (B, 2) sizes, generator) -> (B, 4)``
+        int crop boxes."""
         if not bool(self.active):
             return random_resized_boxes(len(indices), image_size, self.scale, self.ratio, generator)
         if len(self.boxes) == 0:

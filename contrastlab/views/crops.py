@@ -14,25 +14,39 @@ from torchvision.ops import roi_align
 
 ATTEMPTS = 10  # as torchvision's RandomResizedCrop
 
+ImageSize = tuple[int, int] | torch.Tensor
+"""One ``(H, W)`` for the whole batch, or an ``(n, 2)`` tensor of each image's own size."""
+
+
+def image_extents(n: int, image_size: ImageSize) -> torch.Tensor:
+    """``(n, 2)`` float64 ``(H, W)`` per image from either form of :data:`ImageSize`."""
+    extent = torch.as_tensor(image_size, dtype=torch.float64).cpu()
+    if extent.ndim == 1:
+        return extent.expand(n, 2)
+    if extent.shape != (n, 2):
+        raise ValueError(f"image sizes must be (2,) or ({n}, 2), got {tuple(extent.shape)}")
+    return extent
+
 
 def crop_sizes(
     n: int,
-    image_size: tuple[int, int],
+    image_size: ImageSize,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop ``(height, width)`` per image, drawn exactly as torchvision's RandomResizedCrop.
+    """Crop ``(height, width)`` per image, drawn exactly as torchvision's RandomResizedCrop on
+    each image's own size.
 
     Area ``~ U(scale) * H * W`` and ``log(w / h) ~ U(log ratio)``; up to ten attempts, the first
     whose crop fits is kept; otherwise the fallback is the largest crop whose aspect is clamped
     to ``ratio``, which torchvision centres (:func:`centred_starts`). Returns ``(n, 2)`` int64
     sizes and ``(n,)`` bool, True where the fallback was taken.
     """
-    height, width = image_size
-    area = height * width
+    extent = image_extents(n, image_size)
+    height, width = extent[:, :1], extent[:, 1:]
     u = torch.rand(n, ATTEMPTS, 2, generator=generator, dtype=torch.float64)
-    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
     w = torch.round(torch.sqrt(target * aspect))
@@ -41,30 +55,31 @@ def crop_sizes(
     first = torch.argmax(fits.to(torch.int8), dim=1)
     rows = torch.arange(n)
     chosen = torch.stack([h[rows, first], w[rows, first]], dim=1)
-    fallback = torch.tensor(_fallback_size(image_size, ratio), dtype=torch.float64)
     fell_back = ~fits.any(dim=1)
-    chosen = torch.where(fell_back[:, None], fallback, chosen)
+    chosen = torch.where(fell_back[:, None], fallback_sizes(extent, ratio), chosen)
     return chosen.to(torch.int64), fell_back
 
 
-def centred_starts(image_size: tuple[int, int], sizes: torch.Tensor) -> torch.Tensor:
+def centred_starts(image_size: ImageSize, sizes: torch.Tensor) -> torch.Tensor:
     """``((H - h) // 2, (W - w) // 2)``: where torchvision puts the fallback crop."""
-    return torch.div(torch.tensor(image_size) - sizes, 2, rounding_mode="floor")
+    extent = image_extents(len(sizes), image_size).to(torch.int64)
+    return torch.div(extent - sizes, 2, rounding_mode="floor")
 
 
-def _fallback_size(image_size: tuple[int, int], ratio: tuple[float, float]) -> tuple[int, int]:
-    height, width = image_size
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return round(width / min(ratio)), width
-    if in_ratio > max(ratio):
-        return height, round(height * max(ratio))
-    return height, width
+def fallback_sizes(extent: torch.Tensor, ratio: tuple[float, float]) -> torch.Tensor:
+    """torchvision's fallback crop per ``(H, W)`` row of ``extent``: the whole image with its
+    aspect ``W / H`` clamped to ``ratio`` (Python's round, half to even, as torch.round)."""
+    height, width = extent[:, 0], extent[:, 1]
+    aspect = width / height
+    low, high = min(ratio), max(ratio)
+    h = torch.where(aspect < low, torch.round(width / low), height)
+    w = torch.where(aspect > high, torch.round(height * high), width)
+    return torch.stack([h, w], dim=1)
 
 
 def random_resized_boxes(
     n: int,
-    image_size: tuple[int, int],
+    image_size: ImageSize,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator,
@@ -73,7 +88,7 @@ def random_resized_boxes(
     positions where the crop fits (centred for the fallback, as torchvision). Returns
     ``(n, 4)`` int64 ``(top, left, height, width)``."""
     sizes, fell_back = crop_sizes(n, image_size, scale, ratio, generator)
-    room = torch.tensor(image_size) - sizes + 1  # number of valid positions per axis
+    room = image_extents(n, image_size).to(torch.int64) - sizes + 1  # valid positions per axis
     u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
     start = torch.floor(u * room).to(torch.int64)
     start = torch.where(fell_back[:, None], centred_starts(image_size, sizes), start)
@@ -89,7 +104,7 @@ class RandomResizedCropBoxes:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
 
     def __call__(
-        self, indices: torch.Tensor, image_size: tuple[int, int], generator: torch.Generator
+        self, indices: torch.Tensor, image_size: ImageSize, generator: torch.Generator
     ) -> torch.Tensor:
         return random_resized_boxes(len(indices), image_size, self.scale, self.ratio, generator)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from contrastlab.views.crops import centred_starts, crop_sizes
+from contrastlab.views.crops import ImageSize, centred_starts, crop_sizes, image_extents
 
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
@@ -83,7 +83,7 @@ def beta_samples(shape: tuple[int, ...], alpha: float, generator: torch.Generato
 
 def center_suppressed_boxes(
     boxes: torch.Tensor,
-    image_size: tuple[int, int],
+    image_size: ImageSize,
     scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     alpha: float = 0.1,
@@ -102,6 +102,7 @@ def center_suppressed_boxes(
 
     Args:
         boxes: ``(N, 4)`` object boxes ``(top, left, bottom, right)``, fractions of the image.
+        image_size: ``(H, W)`` of every image, or ``(N, 2)``: each image's own size.
     Returns:
         ``(N, 4)`` int64 crop boxes ``(top, left, height, width)`` inside the image (CPU).
     """
@@ -110,7 +111,7 @@ def center_suppressed_boxes(
     sizes, fell_back = crop_sizes(n, image_size, scale, ratio, generator)
     centred = centred_starts(image_size, sizes)
     sizes = sizes.to(torch.float64)
-    extent = torch.tensor(image_size, dtype=torch.float64)
+    extent = image_extents(n, image_size)
     boxes = boxes.detach().to("cpu", torch.float64)
     near, far = boxes[:, :2] * extent, boxes[:, 2:] * extent
     last_start = extent - sizes  # largest start that keeps the crop inside the image

@@ -1,0 +1,137 @@
+"""Image decoding: libjpeg-turbo with DCT-domain downscaling for JPEGs, PIL for other formats.
+
+A JPEG's 8x8 blocks can be decoded at 1/2, 1/4 or 1/8 of the image's size for much less work
+than the whole image (the inverse DCT runs on fewer coefficients and there are fewer pixels to
+colour-convert). Since a view needs only its box's pixels at its output size, the loader draws
+the boxes first and decodes at the smallest scale at which every box keeps at least its output
+size in pixels (:func:`dct_denominator`), so no view loses detail.
+
+simplejpeg wraps libjpeg-turbo's TurboJPEG API, including that scaling; torchvision's
+``decode_jpeg`` has no scaling and is slower here (``bench/data_pipeline.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+
+from contrastlab.data.errors import DatasetError
+
+DENOMINATORS = (8, 4, 2, 1)  # the power-of-two DCT scales, smallest image first
+JPEG_MAGIC = b"\xff\xd8"
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:2] == JPEG_MAGIC
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({error})") from error
+
+
+def image_size(path: Path, data: bytes | None = None) -> tuple[int, int]:
+    """``(height, width)`` from the file's header, without decoding its pixels."""
+    data = read_bytes(path) if data is None else data
+    if is_jpeg(data):
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return int(height), int(width)
+        except ValueError:
+            pass  # a JPEG libjpeg-turbo's header reader refuses: let PIL say why
+    with _open_pil(path, data) as image:
+        return image.height, image.width
+
+
+def dct_denominator(size: tuple[int, int], min_box_side: float, out_size: int) -> int:
+    """The largest power-of-two ``d`` (at most 8) with ``min_box_side / d >= out_size``: decoding
+    at ``1/d`` keeps every box at least ``out_size`` pixels on each side. 1 when even the
+    full image is too small (the view is then upsampled, as it would be anyway)."""
+    side = min(min_box_side, *size)
+    for denominator in DENOMINATORS:
+        if side / denominator >= out_size:
+            return denominator
+    return 1
+
+
+def decode_rgb(path: Path, denominator: int = 1, data: bytes | None = None) -> np.ndarray:
+    """Decode to ``(h, w, 3)`` uint8 RGB at ``1 / denominator`` of the image's size
+    (``h = ceil(H / d)``; JPEGs only, other formats are decoded whole).
+
+    Greyscale and CMYK JPEGs are converted to RGB; a truncated or corrupt file raises
+    :class:`DatasetError` naming it (libjpeg-turbo's recoverable errors count as errors).
+    """
+    data = read_bytes(path) if data is None else data
+    if is_jpeg(data):
+        try:
+            height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+            if colourspace != "CMYK":  # Adobe's inverted CMYK: PIL knows the convention
+                return simplejpeg.decode_jpeg(
+                    data,
+                    "RGB",
+                    min_height=math.ceil(height / denominator),
+                    min_width=math.ceil(width / denominator),
+                    strict=True,
+                )
+        except ValueError as error:
+            raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
+    return _decode_pil(path, data, denominator)
+
+
+def decoded_scale(
+    size: tuple[int, int], decoded: tuple[int, int], denominator: int
+) -> tuple[float, float]:
+    """Per-axis factor from original to decoded pixel coordinates: ``1 / d`` where the decoder
+    made ``ceil(size / d)`` pixels (libjpeg's blocks; the last, partial one is one pixel), else
+    ``decoded / size`` (a format decoded whole, or resized)."""
+    return tuple(  # type: ignore[return-value]
+        1 / denominator if math.ceil(full / denominator) == part else part / full
+        for full, part in zip(size, decoded, strict=True)
+    )
+
+
+def decode_square(path: Path, size: int) -> np.ndarray:
+    """Decode at the smallest DCT scale whose shorter side is still at least ``size`` (the
+    fixed working-size path resizes it to ``size`` next)."""
+    data = read_bytes(path)
+    return decode_rgb(path, dct_denominator(image_size(path, data), float("inf"), size), data)
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """Decode the whole file once (at 1/8 scale for JPEGs: every entropy-coded byte is still
+    read, so truncation is found) and return its ``(height, width)``; a file that cannot be
+    decoded raises :class:`DatasetError` naming it."""
+    data = read_bytes(path)
+    size = image_size(path, data)
+    decoded = decode_rgb(path, 8, data)
+    if decoded.ndim != 3 or decoded.shape[2] != 3 or decoded.size == 0:
+        raise DatasetError(f"{path}: decoded to an unexpected shape {decoded.shape}")
+    return size
+
+
+def _open_pil(path: Path, data: bytes):
+    import io
+
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data))
+    except Exception as error:  # PIL raises several types for foreign files
+        raise DatasetError(f"{path}: not a readable image ({error})") from error
+
+
+def _decode_pil(path: Path, data: bytes, denominator: int) -> np.ndarray:
+    try:
+        with _open_pil(path, data) as image:
+            if denominator > 1 and image.format == "JPEG":
+                image.draft("RGB", (image.width // denominator, image.height // denominator))
+            return np.array(image.convert("RGB"))  # a writable copy
+    except DatasetError:
+        raise
+    except Exception as error:  # truncated pixel data surfaces here, at load time
+        raise DatasetError(f"{path}: not a readable image ({error})") from error

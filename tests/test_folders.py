@@ -1,0 +1,323 @@
+"""Photo folders at the papers' protocol: views drawn on each image's own size and cut from it
+at its own resolution, libjpeg-turbo decoding at DCT scales, the folder index, bad files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import QUIET_BATCHES_OF_16, StopAfterFirstEpoch, fit_run
+from photos import PHOTO_SHAPES, photo_pixels, save_photo, truncate, write_photo_folder
+from test_crashproof import assert_same_state
+from test_views import ks_statistic
+from torchvision.transforms import RandomResizedCrop
+
+from contrastlab.data import index as index_module
+from contrastlab.data.datasets import FolderViews, collate_views
+from contrastlab.data.decode import dct_denominator, decode_rgb, decoded_scale
+from contrastlab.data.errors import DatasetError
+from contrastlab.data.index import INDEX_NAME, folder_index
+from contrastlab.data.module import ContrastDataModule
+from contrastlab.data.sampling import whole_images
+from contrastlab.methods.base import whole_view
+from contrastlab.views import Augment, ViewSampler, crop_and_resize, random_resized_boxes
+from contrastlab.views.localize import center_suppressed_boxes
+
+SIZES = [(h, w) for _, h, w, _, _ in PHOTO_SHAPES] + [(60, 400), (500, 375), (1080, 1920)]
+
+
+# ----------------------------------------------------------------------------- box distributions
+
+
+def torchvision_params(n: int, size: tuple[int, int]) -> torch.Tensor:
+    torch.manual_seed(0)
+    image = torch.empty(3, *size)
+    draws = [RandomResizedCrop.get_params(image, (0.2, 1.0), (3 / 4, 4 / 3)) for _ in range(n)]
+    return torch.tensor(draws, dtype=torch.float64)
+
+
+def test_boxes_follow_torchvision_on_each_images_own_size():
+    """One batch of mixed sizes (every photo shape, a panorama, ImageNet's 500x375, 16:9 HD):
+    each image's boxes against torchvision's ``get_params`` on that size. Boxes drawn on a
+    square and mapped back (the working-size path) fail: they never start near a long side's
+    ends and their aspect is wrong."""
+    n = 4000
+    sizes = torch.tensor(SIZES).repeat_interleave(n, dim=0)
+    boxes = random_resized_boxes(
+        len(sizes), sizes, (0.2, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1)
+    ).double()
+    for k, size in enumerate(SIZES):
+        ours, reference = boxes[k * n : (k + 1) * n], torchvision_params(n, size)
+        for column in range(4):
+            gap = ks_statistic(ours[:, column], reference[:, column])
+            assert gap < 0.04, (size, column, gap)
+
+
+def test_squared_boxes_would_fail_the_distribution_test():
+    """The control: boxes drawn on the 256 square a 16:9 photo is cropped to, mapped into the
+    photo, are far from torchvision's on the photo (the test above can fail)."""
+    n, size = 4000, (1080, 1920)
+    square = random_resized_boxes(n, (256, 256), (0.2, 1.0), (3 / 4, 4 / 3), torch.Generator())
+    scale, offset = 1080 / 256, (1920 - 1080) / 2
+    mapped = square.double() * scale
+    mapped[:, 1] += offset
+    reference = torchvision_params(n, size)
+    assert ks_statistic(mapped[:, 1], reference[:, 1]) > 0.2
+
+
+def test_center_suppressed_boxes_use_each_images_size():
+    """Per-image sizes give each image exactly the boxes it gets alone (same draws)."""
+    sizes = torch.tensor([[60, 400], [120, 80], [64, 64]])
+    stored = torch.tensor([[0.1, 0.2, 0.6, 0.9], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.5, 0.7]])
+    batch = center_suppressed_boxes(
+        stored, sizes, alpha=0.6, generator=torch.Generator().manual_seed(4)
+    )
+    for i, size in enumerate(sizes.tolist()):
+        alone = center_suppressed_boxes(
+            stored, tuple(size), alpha=0.6, generator=torch.Generator().manual_seed(4)
+        )
+        assert torch.equal(batch[i], alone[i])
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_decoder_reads_every_photo_format_as_pil_does(tmp_path):
+    from PIL import Image
+
+    for path in write_photo_folder(tmp_path, copies=1, classes=1):
+        ours = decode_rgb(path)
+        with Image.open(path) as image:
+            reference = np.asarray(image.convert("RGB"))
+        assert ours.shape == reference.shape and ours.dtype == np.uint8, path.name
+        assert np.abs(ours.astype(int) - reference).max() <= 1, path.name
+
+
+def test_dct_denominator_keeps_every_box_at_its_output_size():
+    assert dct_denominator((2000, 1500), 900.0, 224) == 4  # 900 / 4 = 225 >= 224
+    assert dct_denominator((2000, 1500), 895.0, 224) == 2  # 895 / 4 < 224
+    assert dct_denominator((2000, 1900), 1800.0, 224) == 8
+    assert dct_denominator((375, 500), 300.0, 224) == 1
+    assert dct_denominator((100, 100), 50.0, 224) == 1  # upsampled anyway: decode it whole
+    assert decoded_scale((375, 500), (47, 63), 8) == (1 / 8, 1 / 8)  # ceil of partial blocks
+
+
+def test_a_view_from_the_dct_scaled_decode_matches_the_full_decode(tmp_path):
+    """A 1024x1280 photo, a box of 600x700 and a 128-px view: decoded at 1/4 (150x175 px of
+    box, still >= 128), the view equals the one from the full decode to JPEG precision."""
+    path = save_photo(tmp_path / "big.jpg", photo_pixels(1024, 1280, seed=3))
+    box = torch.tensor([[200, 300, 600, 700]])
+    dataset = FolderViews([path], None, torch.tensor([[1024, 1280]]))
+    pixels, _, _, scaled = dataset[(0, box, 128)]
+    assert pixels.shape == (256, 320, 3)  # 1/4
+    images, _, _, boxes = collate_views([(pixels, 0, -1, scaled)])
+    small = crop_and_resize(images.float(), boxes[0], 128)
+    full = torch.from_numpy(decode_rgb(path)).permute(2, 0, 1)[None].float()
+    reference = crop_and_resize(full, box.float(), 128)
+    assert (small - reference).abs().mean() < 1.5
+
+
+def test_padded_batch_crops_equal_each_image_alone():
+    """collate_views pads to the largest image; a crop that reaches an image's right or bottom
+    edge must read that edge, not the padding."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(40, 30), (25, 50), (33, 33)]
+    samples = []
+    for i, (h, w) in enumerate(shapes):
+        pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
+        edge_box = torch.tensor([[h - 10.5, w - 7.25, 10.5, 7.25]])  # touches both far edges
+        samples.append((pixels, i, -1, edge_box))
+    images, _, _, boxes = collate_views(samples)
+    assert images.shape == (3, 3, 40, 50)
+    crops = crop_and_resize(images.float(), boxes[0], 16)
+    for i, (pixels, *_rest, box) in enumerate(samples):
+        alone = crop_and_resize(pixels.permute(2, 0, 1)[None].float(), box, 16)
+        torch.testing.assert_close(crops[i : i + 1], alone, atol=1e-3, rtol=0)
+
+
+def test_localisation_input_is_each_whole_image_resized():
+    """whole_view of a padded batch with whole-image extents equals each image resized alone."""
+    generator = torch.Generator().manual_seed(0)
+    shapes, samples = [(40, 30), (25, 50)], []
+    for i, (h, w) in enumerate(shapes):
+        pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
+        whole = whole_images(torch.tensor([i]), torch.tensor([[h, w]]), generator)[0]
+        samples.append((pixels, i, -1, whole.float()))
+    images, _, _, extents = collate_views(samples)
+    aug = Augment(size=16)
+    views = whole_view(images, aug, extents[0])
+    for i, (pixels, *_rest) in enumerate(samples):
+        alone = whole_view(pixels.permute(2, 0, 1)[None], aug, extents[0][i : i + 1])
+        torch.testing.assert_close(views[i : i + 1], alone, atol=1e-4, rtol=0)
+        assert views.shape[-2:] == (16, 16)
+
+
+# ----------------------------------------------------------------------------- the data module
+
+
+def plain_views(size: int) -> ViewSampler:
+    """Crops only (no colour, no flip): the views show the photo's own pixels."""
+    aug = Augment(size=size, jitter_prob=0, grayscale_prob=0, flip_prob=0, mean=(0, 0, 0),
+                  std=(1, 1, 1))  # fmt: skip
+    return ViewSampler([aug, aug], seed=0)
+
+
+def red_left_edge_folder(root):
+    """One 16:9 photo, grey but for a red band over its left eighth: outside the centre
+    square a working size keeps, so only views cut from the whole image can show it."""
+    pixels = np.full((90, 160, 3), 128, dtype=np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    for i in range(4):
+        save_photo(root / "train" / "a" / f"{i}.jpg", pixels)
+
+
+def red_share_of_views(data: ContrastDataModule, views: ViewSampler, epochs: int) -> float:
+    data.setup("fit")
+    data.attach_views(views.draw_boxes, views.augments[0].size)
+    red, total = 0, 0
+    for epoch in range(epochs):
+        loader = data.train_dataloader()
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        for images, indices, _labels, *boxes in loader:
+            for view in views(images, indices, *boxes):
+                is_red = (view[:, 0] > 0.8) & (view[:, 1] < 0.2)
+                red += int(is_red.flatten(1).any(1).sum())
+                total += len(view)
+    return red / total
+
+
+def test_views_reach_the_photos_sides_only_at_native_resolution(tmp_path):
+    red_left_edge_folder(tmp_path)
+    native = ContrastDataModule("folder", root=str(tmp_path), lazy=True, batch_size=4)
+    squared = ContrastDataModule(
+        "folder", root=str(tmp_path), lazy=True, working_size=64, batch_size=4
+    )
+    assert red_share_of_views(native, plain_views(32), epochs=10) > 0.2
+    assert red_share_of_views(squared, plain_views(32), epochs=10) == 0.0
+
+
+def test_request_boxes_depend_on_seed_epoch_and_batch_only(tmp_path):
+    """The training loader draws the boxes before decoding: the same with 0 or 2 workers, and
+    from a mid-epoch resume (skip) the same as in the uninterrupted epoch."""
+    write_photo_folder(tmp_path / "train", copies=1)
+
+    def epoch_boxes(workers: int, skip: int = 0) -> list[torch.Tensor]:
+        data = ContrastDataModule(
+            "folder", root=str(tmp_path), lazy=True, batch_size=4, num_workers=workers
+        )
+        data.setup("fit")
+        views = plain_views(16)
+        data.attach_views(views.draw_boxes, 16)
+        loader = data.train_dataloader()
+        loader.batch_sampler.sampler.set_epoch(1)
+        if skip:
+            loader.load_state_dict({"epoch": 1, "batches": skip})
+        return [batch[3] for batch in loader]
+
+    reference = epoch_boxes(0)
+    assert len(reference) == 4
+    with_workers = epoch_boxes(2)
+    resumed = epoch_boxes(0, skip=2)
+    assert all(torch.equal(a, b) for a, b in zip(reference, with_workers, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(reference[2:], resumed, strict=True))
+
+
+# ----------------------------------------------------------------------------- the index
+
+
+def test_index_is_built_once_and_refreshed_when_the_folder_changes(tmp_path, monkeypatch):
+    files = write_photo_folder(tmp_path, copies=1)
+    first = folder_index(tmp_path)
+    assert (tmp_path / INDEX_NAME).is_file() and len(first) == len(files)
+    assert first.classes == ["class_0", "class_1"]
+    for name, (h, w) in zip(first.files, first.sizes.tolist(), strict=True):
+        shape = next(s for s in PHOTO_SHAPES if name.split("/")[1].startswith(s[0] + "_"))
+        assert (h, w) == (shape[1], shape[2]), name
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(index_module, "check_image", no_decoding)
+    again = folder_index(tmp_path)  # from the file: nothing decoded
+    assert again.files == first.files and np.array_equal(again.sizes, first.sizes)
+
+    monkeypatch.undo()
+    checked = []
+    monkeypatch.setattr(index_module, "check_image", lambda p: checked.append(p) or (7, 9))
+    save_photo(tmp_path / "class_1" / "new.jpg", photo_pixels(7, 9, seed=0))
+    refreshed = folder_index(tmp_path)
+    assert len(refreshed) == len(files) + 1 and "class_1/new.jpg" in refreshed.files
+    assert [p.name for p in map(lambda p: __import__("pathlib").Path(p), checked)] == ["new.jpg"]
+
+
+def test_bad_files_are_named_before_training_or_skipped(tmp_path, capsys):
+    files = write_photo_folder(tmp_path / "train", copies=1)
+    truncate(files[0])
+    (tmp_path / "train" / "class_1" / "notes.png").write_text("not an image")
+    with pytest.raises(DatasetError) as error:
+        ContrastDataModule("folder", root=str(tmp_path), lazy=True, batch_size=4).setup("fit")
+    message = str(error.value)
+    assert "2 of" in message and str(files[0]) in message and "notes.png" in message
+    assert "Premature end of JPEG file" in message and "skip_bad_images" in message
+
+    data = ContrastDataModule(
+        "folder", root=str(tmp_path), lazy=True, batch_size=4, skip_bad_images=True
+    )
+    data.setup("fit")
+    assert len(data.train_set) == len(files) - 1
+    assert "left out 2 file(s)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def photo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    write_photo_folder(root / "train", copies=2)
+    write_photo_folder(root / "val", copies=1)
+    return root
+
+
+FOLDER = ["--data.dataset", "folder", "--data.lazy", "true", *QUIET_BATCHES_OF_16]
+TINY = ["--model.augment.size", "16", "--data.batch_size", "8", "--trainer.max_epochs", "2"]
+RUNS = {
+    "cifar10/mocov2_synco": [
+        "--model.queue_size",
+        "40",
+        "--model.bn_splits",
+        "2",
+        "--model.synthetic_warmup_epochs",
+        "0",
+    ],
+    "cifar10/simclr_ccrop": [
+        "--model.crop.init_args.warmup_epochs",
+        "0",
+        "--model.crop.init_args.interval",
+        "5",
+        "--model.crop.init_args.threshold",
+        "0.5",
+        "--data.num_workers",
+        "2",
+    ],
+}
+
+
+@pytest.mark.parametrize("config", list(RUNS))
+def test_training_on_a_photo_folder_resumes_exactly(tmp_path, photo_root, config):
+    options = [*FOLDER, *TINY, *RUNS[config]]
+    straight = tmp_path / "straight"
+    fit_run(straight, photo_root, config, *options)
+    resumed = tmp_path / "resumed"
+    stopped = fit_run(
+        resumed, photo_root, config, *options, "--trainer.callbacks+=conftest.StopAfterFirstEpoch"
+    )
+    assert stopped["epoch"] == 0 and StopAfterFirstEpoch is not None
+    if config.endswith("ccrop"):  # localised on the whole images at epoch 0
+        boxes = stopped["state_dict"]["views.box_sampler.boxes"]
+        assert boxes.shape == (32, 4) and (boxes != torch.tensor([0.0, 0, 1, 1])).any()
+    fit_run(resumed, photo_root, config, *options, "--resume")
+    assert_same_state(straight / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
+    assert math.isfinite(float(stopped["contrastlab"]["knn_untrained"]))
