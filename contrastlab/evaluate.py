@@ -36,13 +36,18 @@ def method_from_checkpoint(checkpoint: dict) -> ContrastiveMethod:
     return model
 
 
-def data_from_checkpoint(checkpoint: dict, root: str | None = None) -> ContrastDataModule:
-    """The data module a checkpoint was trained with (optionally read from another ``root``)."""
+def data_from_checkpoint(
+    checkpoint: dict, root: str | None = None, view_size: int | None = None
+) -> ContrastDataModule:
+    """The data module a checkpoint was trained with (optionally read from another ``root``);
+    ``view_size`` (the model's) sizes a native-resolution folder's evaluation squares."""
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
     if root is not None:
         data_args["root"] = root
-    return ContrastDataModule(**data_args)
+    data = ContrastDataModule(**data_args)
+    data.view_size = view_size
+    return data
 
 
 @dataclass
@@ -64,10 +69,11 @@ class Evaluation:
         cache_dir: str | None = None,
     ) -> Evaluation:
         checkpoint = load_checkpoint_file(path)
+        model = method_from_checkpoint(checkpoint)
         return cls(
             Path(path),
-            method_from_checkpoint(checkpoint),
-            data_from_checkpoint(checkpoint, root),
+            model,
+            data_from_checkpoint(checkpoint, root, model.augment.size),
             torch.device(device),
             FeatureCache(path, cache_dir),
         )
@@ -263,7 +269,7 @@ def write_crop_picture(
 
     checkpoint = load_checkpoint_file(checkpoint_path)
     model = method_from_checkpoint(checkpoint)
-    data = data_from_checkpoint(checkpoint, root)
+    data = data_from_checkpoint(checkpoint, root, model.augment.size)
     data.setup("fit")
     generator = torch.Generator().manual_seed(seed)
     count = min(images, len(data.train_set))

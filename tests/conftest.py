@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from callbacks import StopAfterFirstEpoch  # noqa: F401 (conftest.StopAfterFirstEpoch)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -86,13 +87,6 @@ def fp32_decisions(monkeypatch) -> None:
 def tiny_cifar(tmp_path: Path) -> Path:
     write_cifar(tmp_path, structured=True)
     return tmp_path
-
-
-class StopAfterFirstEpoch(pl.Callback):
-    """Stands in for a crash right after epoch 0's checkpoint (the run stops there)."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.should_stop = True
 
 
 QUIET_BATCHES_OF_16 = [

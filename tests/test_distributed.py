@@ -273,3 +273,121 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path, tin
     for key, value in reference["state_dict"].items():  # exact, as in one process
         assert torch.equal(value, final["state_dict"][key]), key
     assert torch.equal(reference["contrastlab"]["view_rng"], final["contrastlab"]["view_rng"])
+
+
+# ----------------------------------------------------------------------------- two nodes
+
+
+def run_nodes(args: list[str], cwd: Path, nodes: int = 2) -> None:
+    """``nodes`` torchrun agents of one process each, rendezvous on the loopback interface:
+    what ``torchrun --nnodes 2 --node_rank i --master_addr ...`` does on two machines."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tests = str(Path(__file__).parent)  # tests/callbacks.py, for --trainer.callbacks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests}
+    agents = []
+    for node in range(nodes):
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={nodes}",
+            "--nproc_per_node=1",
+            f"--node_rank={node}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "contrastlab",
+        ]
+        node_args = ["--trainer.num_nodes", str(nodes), "--trainer.devices", "1"]
+        log = (cwd / f"node{node}.log").open("w")
+        agents.append(
+            subprocess.Popen(
+                [*launcher, "fit", *args, *node_args, "--trainer.strategy", "ddp"],
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    codes = [agent.wait(timeout=600) for agent in agents]
+    logs = "".join((cwd / f"node{n}.log").read_text()[-2000:] for n in range(nodes))
+    assert codes == [0] * nodes, logs
+
+
+def test_two_nodes_match_one_process_with_the_same_global_batch(tmp_path, tiny_cifar):
+    """2 nodes x 1 process x 8 images == 1 process x 16: global batch and the queue gathered
+    across nodes."""
+    common = ["--config", "cifar10/mocov2", "--data.root", str(tiny_cifar), *DETERMINISTIC]
+    nodes = ["--trainer.default_root_dir", str(tmp_path / "nodes"), "--data.batch_size", "8"]
+    run_nodes([*common, *nodes, "--model.bn_splits", "1"], tmp_path)
+    one = ["--trainer.default_root_dir", str(tmp_path / "one"), "--trainer.devices", "1"]
+    run([*common, *one, "--data.batch_size", "16", "--model.bn_splits", "2"], 1, tmp_path)
+    two = load_checkpoint_file(tmp_path / "nodes" / "checkpoints" / "last.ckpt")
+    one = load_checkpoint_file(tmp_path / "one" / "checkpoints" / "last.ckpt")
+    assert two["global_step"] == one["global_step"] == 2
+    assert torch.equal(two["state_dict"]["queue.indices"], one["state_dict"]["queue.indices"])
+    torch.testing.assert_close(
+        two["state_dict"]["queue.keys"], one["state_dict"]["queue.keys"], atol=1e-4, rtol=0
+    )
+    assert two["contrastlab"]["view_rng"].shape[0] == 2
+
+
+def test_two_nodes_on_a_photo_folder_localise_alike_and_resume_exactly(tmp_path):
+    """SimCLR + ContrastiveCrop on a photo folder at native resolution across 2 nodes: the
+    boxes each node localises are gathered into the store one process finds, and a run stopped
+    after epoch 0 and resumed ends bit-identical to the uninterrupted one."""
+    from photos import write_photo_folder
+
+    write_photo_folder(tmp_path / "photos" / "train", copies=2)
+    common = [
+        "--config",
+        "cifar10/simclr_ccrop",
+        "--data.root",
+        str(tmp_path / "photos"),
+        "--data.dataset",
+        "folder",
+        "--data.lazy",
+        "true",
+        "--data.batch_size",
+        "8",
+        "--model.augment.size",
+        "16",
+        "--model.crop.init_args.warmup_epochs",
+        "0",
+        "--model.crop.init_args.interval",
+        "5",
+        "--model.crop.init_args.threshold",
+        "0.5",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+    ]
+    run_nodes([*common, "--trainer.default_root_dir", str(tmp_path / "straight")], tmp_path)
+    resumed = [*common, "--trainer.default_root_dir", str(tmp_path / "resumed")]
+    # callbacks, not conftest: importing conftest would set a second thread in the stopped run
+    run_nodes([*resumed, "--trainer.callbacks+=callbacks.StopAfterFirstEpoch"], tmp_path)
+    stopped = load_checkpoint_file(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert stopped["epoch"] == 0
+    run_nodes([*resumed, "--resume"], tmp_path)
+    one = ["--trainer.default_root_dir", str(tmp_path / "one"), "--trainer.devices", "1"]
+    run([*common, *one, "--data.batch_size", "16"], 1, tmp_path)
+
+    straight = load_checkpoint_file(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    final = load_checkpoint_file(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    single = load_checkpoint_file(tmp_path / "one" / "checkpoints" / "last.ckpt")
+    assert straight["global_step"] == final["global_step"] == single["global_step"] == 4
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, final["state_dict"][key]), key
+    assert torch.equal(straight["contrastlab"]["view_rng"], final["contrastlab"]["view_rng"])
+    boxes = straight["state_dict"]["views.box_sampler.boxes"]
+    assert boxes.shape == (32, 4) and (boxes != torch.tensor([0.0, 0, 1, 1])).any()
+    assert torch.equal(boxes, single["state_dict"]["views.box_sampler.boxes"])

@@ -15,13 +15,13 @@ from test_views import ks_statistic
 from torchvision.transforms import RandomResizedCrop
 
 from contrastlab.data import index as index_module
-from contrastlab.data.datasets import FolderViews, collate_views
-from contrastlab.data.decode import dct_denominator, decode_rgb, decoded_scale
+from contrastlab.data.datasets import FolderViews, PhotoBatch
+from contrastlab.data.decode import dct_denominator, decode_rgb
 from contrastlab.data.errors import DatasetError
 from contrastlab.data.index import INDEX_NAME, folder_index
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.data.sampling import whole_images
-from contrastlab.methods.base import whole_view
+from contrastlab.methods.base import unpack, whole_view
 from contrastlab.views import Augment, ViewSampler, crop_and_resize, random_resized_boxes
 from contrastlab.views.localize import center_suppressed_boxes
 
@@ -101,7 +101,6 @@ def test_dct_denominator_keeps_every_box_at_its_output_size():
     assert dct_denominator((2000, 1900), 1800.0, 224) == 8
     assert dct_denominator((375, 500), 300.0, 224) == 1
     assert dct_denominator((100, 100), 50.0, 224) == 1  # upsampled anyway: decode it whole
-    assert decoded_scale((375, 500), (47, 63), 8) == (1 / 8, 1 / 8)  # ceil of partial blocks
 
 
 def test_a_view_from_the_dct_scaled_decode_matches_the_full_decode(tmp_path):
@@ -110,48 +109,88 @@ def test_a_view_from_the_dct_scaled_decode_matches_the_full_decode(tmp_path):
     path = save_photo(tmp_path / "big.jpg", photo_pixels(1024, 1280, seed=3))
     box = torch.tensor([[200, 300, 600, 700]])
     dataset = FolderViews([path], None, torch.tensor([[1024, 1280]]))
-    pixels, _, _, scaled = dataset[(0, box, 128)]
-    assert pixels.shape == (256, 320, 3)  # 1/4
-    images, _, _, boxes = collate_views([(pixels, 0, -1, scaled)])
-    small = crop_and_resize(images.float(), boxes[0], 128)
+    batch = dataset[(0, box, 128)]
+    assert batch.shapes == [(256, 320)]  # 1/4
+    small = crop_and_resize(batch.padded().float(), batch.boxes[0], 128)
     full = torch.from_numpy(decode_rgb(path)).permute(2, 0, 1)[None].float()
     reference = crop_and_resize(full, box.float(), 128)
     assert (small - reference).abs().mean() < 1.5
 
 
-def test_padded_batch_crops_equal_each_image_alone():
-    """collate_views pads to the largest image; a crop that reaches an image's right or bottom
-    edge must read that edge, not the padding."""
+def packed(photos: list[torch.Tensor], boxes: list[torch.Tensor]) -> PhotoBatch:
+    """A PhotoBatch of ``(h, w, 3)`` photos with one box ``(1, 4)`` each."""
+    return PhotoBatch(
+        torch.cat([p.reshape(-1) for p in photos]),
+        [(p.shape[0], p.shape[1]) for p in photos],
+        torch.arange(len(photos)),
+        torch.full((len(photos),), -1),
+        torch.stack(boxes, dim=1).float(),
+    )
+
+
+def random_photos(shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
+            for h, w in shapes]  # fmt: skip
+
+
+def test_padded_batch_crops_equal_each_image_alone():
+    """A packed batch is laid out padded to the largest photo; a crop that reaches a photo's
+    right or bottom edge must read that edge, not the padding."""
     shapes = [(40, 30), (25, 50), (33, 33)]
-    samples = []
-    for i, (h, w) in enumerate(shapes):
-        pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
-        edge_box = torch.tensor([[h - 10.5, w - 7.25, 10.5, 7.25]])  # touches both far edges
-        samples.append((pixels, i, -1, edge_box))
-    images, _, _, boxes = collate_views(samples)
+    photos = random_photos(shapes)
+    edge_boxes = [torch.tensor([[h - 10.5, w - 7.25, 10.5, 7.25]]) for h, w in shapes]
+    batch = packed(photos, edge_boxes)
+    images = batch.padded()
     assert images.shape == (3, 3, 40, 50)
-    crops = crop_and_resize(images.float(), boxes[0], 16)
-    for i, (pixels, *_rest, box) in enumerate(samples):
-        alone = crop_and_resize(pixels.permute(2, 0, 1)[None].float(), box, 16)
+    crops = crop_and_resize(images.float(), batch.boxes[0], 16)
+    for i, (photo, box) in enumerate(zip(photos, edge_boxes, strict=True)):
+        alone = crop_and_resize(photo.permute(2, 0, 1)[None].float(), box, 16)
         torch.testing.assert_close(crops[i : i + 1], alone, atol=1e-3, rtol=0)
+
+
+def test_folder_batches_pack_the_decoded_photos_and_scale_their_boxes(tmp_path):
+    """FolderViews decodes a batch straight into one packed tensor: each photo as PIL decodes
+    it, each box in the decoded photo's pixels (a 1/2-scale decode halves it)."""
+    from PIL import Image
+
+    files = write_photo_folder(tmp_path, copies=1, classes=1)
+    big = save_photo(tmp_path / "big.jpg", photo_pixels(600, 800, seed=1))
+    files.append(big)
+    sizes = torch.tensor([[Image.open(f).height, Image.open(f).width] for f in files])
+    dataset = FolderViews(files, None, sizes)
+    boxes = [torch.tensor([[0, 0, h, w]]) for h, w in sizes.tolist()]
+    batch = dataset.__getitems__([(i, b, 200) for i, b in enumerate(boxes)])
+    assert batch.shapes[-1] == (300, 400)  # 1/2: 600 / 4 would leave less than 200 px
+    images = batch.padded()
+    for i, path in enumerate(files[:-1]):
+        h, w = batch.shapes[i]
+        with Image.open(path) as image:
+            reference = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+        assert (images[i, :, :h, :w].int() - reference.int()).abs().max() <= 1, path.name
+        assert torch.equal(batch.boxes[0, i], boxes[i][0].float())
+    assert torch.equal(batch.boxes[0, -1], torch.tensor([0.0, 0.0, 300.0, 400.0]))
+
+
+def test_a_file_changed_after_indexing_is_named(tmp_path):
+    path = save_photo(tmp_path / "a.jpg", photo_pixels(40, 60, seed=0))
+    dataset = FolderViews([path], None, torch.tensor([[60, 40]]))  # the index's old size
+    with pytest.raises(DatasetError, match="changed after the folder was indexed"):
+        dataset.__getitems__([(0, torch.tensor([[0, 0, 40, 40]]), 16)])
 
 
 def test_localisation_input_is_each_whole_image_resized():
     """whole_view of a padded batch with whole-image extents equals each image resized alone."""
-    generator = torch.Generator().manual_seed(0)
-    shapes, samples = [(40, 30), (25, 50)], []
-    for i, (h, w) in enumerate(shapes):
-        pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
-        whole = whole_images(torch.tensor([i]), torch.tensor([[h, w]]), generator)[0]
-        samples.append((pixels, i, -1, whole.float()))
-    images, _, _, extents = collate_views(samples)
+    shapes = [(40, 30), (25, 50)]
+    photos = random_photos(shapes)
+    extents = [whole_images(torch.tensor([0]), torch.tensor([s]), None)[0] for s in shapes]
+    batch = packed(photos, extents)
     aug = Augment(size=16)
-    views = whole_view(images, aug, extents[0])
-    for i, (pixels, *_rest) in enumerate(samples):
-        alone = whole_view(pixels.permute(2, 0, 1)[None], aug, extents[0][i : i + 1])
+    views = whole_view(batch.padded(), aug, batch.boxes[0])
+    assert views.shape[-2:] == (16, 16)
+    for i, photo in enumerate(photos):
+        alone = whole_view(photo.permute(2, 0, 1)[None], aug, batch.boxes[0][i : i + 1])
         torch.testing.assert_close(views[i : i + 1], alone, atol=1e-4, rtol=0)
-        assert views.shape[-2:] == (16, 16)
 
 
 # ----------------------------------------------------------------------------- the data module
@@ -180,8 +219,8 @@ def red_share_of_views(data: ContrastDataModule, views: ViewSampler, epochs: int
     for epoch in range(epochs):
         loader = data.train_dataloader()
         loader.batch_sampler.sampler.set_epoch(epoch)
-        for images, indices, _labels, *boxes in loader:
-            for view in views(images, indices, *boxes):
+        for batch in loader:
+            for view in views(*(unpack(batch)[i] for i in (0, 1, 3))):
                 is_red = (view[:, 0] > 0.8) & (view[:, 1] < 0.2)
                 red += int(is_red.flatten(1).any(1).sum())
                 total += len(view)
@@ -214,7 +253,7 @@ def test_request_boxes_depend_on_seed_epoch_and_batch_only(tmp_path):
         loader.batch_sampler.sampler.set_epoch(1)
         if skip:
             loader.load_state_dict({"epoch": 1, "batches": skip})
-        return [batch[3] for batch in loader]
+        return [batch.boxes for batch in loader]
 
     reference = epoch_boxes(0)
     assert len(reference) == 4
@@ -236,11 +275,11 @@ def test_index_is_built_once_and_refreshed_when_the_folder_changes(tmp_path, mon
         shape = next(s for s in PHOTO_SHAPES if name.split("/")[1].startswith(s[0] + "_"))
         assert (h, w) == (shape[1], shape[2]), name
 
-    def no_decoding(path):
-        raise AssertionError(f"decoded {path} again")
+    def no_rebuild(*args):
+        raise AssertionError("listed and rebuilt a fresh index")
 
-    monkeypatch.setattr(index_module, "check_image", no_decoding)
-    again = folder_index(tmp_path)  # from the file: nothing decoded
+    monkeypatch.setattr(index_module, "_build", no_rebuild)
+    again = folder_index(tmp_path)  # from the file: nothing listed, nothing decoded
     assert again.files == first.files and np.array_equal(again.sizes, first.sizes)
 
     monkeypatch.undo()
@@ -321,3 +360,10 @@ def test_training_on_a_photo_folder_resumes_exactly(tmp_path, photo_root, config
     fit_run(resumed, photo_root, config, *options, "--resume")
     assert_same_state(straight / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
     assert math.isfinite(float(stopped["contrastlab"]["knn_untrained"]))
+    if config.endswith("ccrop"):  # the crops picture of a native-resolution run
+        from contrastlab.cli import main
+
+        out = tmp_path / "crops.png"
+        main(["crops", "--checkpoint", str(resumed / "checkpoints" / "last.ckpt"),
+              "--out", str(out), "--images", "3"])  # fmt: skip
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

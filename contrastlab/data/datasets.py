@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,10 +61,27 @@ class LazyImageFolder(Dataset):
 collate_lazy = default_collate
 
 
-def images_at(dataset: InMemoryImages | LazyImageFolder, indices: torch.Tensor) -> torch.Tensor:
-    """The uint8 images ``(n, 3, H, W)`` at dataset ``indices``, un-augmented."""
+def images_at(dataset: Dataset, indices: torch.Tensor, size: int = 256) -> torch.Tensor:
+    """The uint8 images ``(n, 3, H, W)`` at dataset ``indices``, un-augmented; photos of a
+    native-resolution folder are resized whole to ``size x size`` (aspect not kept, as the
+    localisation pass sees them)."""
     if isinstance(dataset, InMemoryImages):
         return dataset.images[indices.to(dataset.images.device)].cpu()
+    if isinstance(dataset, FolderViews):
+        from torchvision.transforms.v2.functional import resize
+
+        from contrastlab.data.decode import decode_rgb
+
+        return torch.stack(
+            [
+                resize(
+                    torch.from_numpy(decode_rgb(dataset.files[int(i)])).permute(2, 0, 1),
+                    [size, size],
+                    antialias=True,
+                )
+                for i in indices
+            ]
+        )
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
@@ -73,17 +91,65 @@ ViewRequest = tuple[int, torch.Tensor, int]
 """``(dataset index, boxes (V, 4) int (top, left, height, width) in the image's own pixels,
 output size)``: what the training loader asks a worker for."""
 
-NativeBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-"""``(images uint8 (B, 3, H, W), indices (B,), labels (B,), boxes (V, B, 4) float)``: each image
-at the top-left of the padded batch, decoded at its own scale, its boxes in those pixels."""
+
+@dataclass
+class PhotoBatch:
+    """Photos decoded at their own sizes, packed end to end in one uint8 tensor: no padding is
+    copied on the CPU or sent to the device; :meth:`padded` lays them out there.
+
+    ``pixels`` ``(N,)`` holds each photo's ``(h, w, 3)`` bytes in turn; ``shapes`` their
+    ``(h, w)``; ``boxes`` ``(V, B, 4)`` float ``(top, left, height, width)`` every view's crop
+    in the decoded photo's pixels.
+    """
+
+    pixels: torch.Tensor
+    shapes: list[tuple[int, int]]
+    indices: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def pin_memory(self) -> PhotoBatch:
+        """Page-locked copies (the data loader's ``pin_memory``), for asynchronous transfer."""
+        return replace(
+            self,
+            pixels=self.pixels.pin_memory(),
+            indices=self.indices.pin_memory(),
+            labels=self.labels.pin_memory(),
+            boxes=self.boxes.pin_memory(),
+        )
+
+    def padded(self) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 (channels-last in memory) on the pixels' device, each photo at
+        the top left. One row and column past each photo repeat its edge, so a bilinear crop
+        inside a photo reads what it would read from the photo alone (its edge clamped); the
+        padding beyond is left uninitialised, since no such crop reads it."""
+        height = max(h for h, _ in self.shapes)
+        width = max(w for _, w in self.shapes)
+        batch = torch.empty(
+            len(self), height, width, 3, dtype=torch.uint8, device=self.pixels.device
+        )
+        start = 0
+        for row, (h, w) in enumerate(self.shapes):
+            photo = self.pixels[start : start + h * w * 3].view(h, w, 3)
+            start += h * w * 3
+            batch[row, :h, :w] = photo
+            if h < height:
+                batch[row, h, :w] = photo[h - 1]
+            if w < width:
+                batch[row, : min(h + 1, height), w] = batch[row, : min(h + 1, height), w - 1]
+        return batch.permute(0, 3, 1, 2)
 
 
 class FolderViews(Dataset):
     """The files of a folder index, each decoded at its own resolution for the views asked of
     it: at the smallest DCT scale (1, 1/2, 1/4, 1/8) at which every requested box still holds
     its output size in pixels (:func:`contrastlab.data.decode.dct_denominator`), the boxes
-    mapped into the decoded pixels. Nothing else touches the pixels here: cropping, resizing
-    and every augmentation happen on the batch, on the device."""
+    mapped into the decoded pixels. A batch of requests is decoded straight into one packed
+    :class:`PhotoBatch`; nothing else touches the pixels here: cropping, resizing and every
+    augmentation happen on the device."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, sizes: torch.Tensor) -> None:
         if sizes.shape != (len(files), 2):
@@ -94,34 +160,39 @@ class FolderViews(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, request: ViewRequest) -> tuple[torch.Tensor, int, int, torch.Tensor]:
-        from contrastlab.data.decode import dct_denominator, decode_rgb, decoded_scale
+    def __getitem__(self, request: ViewRequest) -> PhotoBatch:
+        return self.__getitems__([request])
 
-        index, boxes, out_size = request
-        size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
-        denominator = dct_denominator(size, float(boxes[:, 2:].min()), out_size)
-        pixels = torch.from_numpy(decode_rgb(self.files[index], denominator))
-        sy, sx = decoded_scale(size, (pixels.shape[0], pixels.shape[1]), denominator)
-        scaled = boxes.to(torch.float64) * torch.tensor([sy, sx, sy, sx], dtype=torch.float64)
-        return pixels, index, self.labels[index], scaled.to(torch.float32)
+    def __getitems__(self, requests: list[ViewRequest]) -> PhotoBatch:
+        from contrastlab.data.decode import decode_rgb, plan_decode
+
+        plans = []
+        for index, boxes, out_size in requests:
+            size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
+            data, denominator, shape = plan_decode(
+                self.files[index], size, float(boxes[:, 2:].min()), out_size
+            )
+            plans.append((index, size, (data, denominator), shape))
+        pixels = torch.empty(sum(h * w * 3 for *_, (h, w) in plans), dtype=torch.uint8)
+        start = 0
+        for index, size, (data, denominator), (h, w) in plans:
+            region = pixels[start : start + h * w * 3].numpy()
+            decode_rgb(self.files[index], denominator, data, out=region, size=size)
+            start += h * w * 3
+        # libjpeg's scaled blocks keep the pixel grid: x -> x / d exactly (a partial last block
+        # only adds a pixel at the far edge)
+        scales = torch.tensor([1 / d for _, _, (_, d), _ in plans], dtype=torch.float64)
+        boxes = torch.stack([b for _, b, _ in requests], dim=1).to(torch.float64)
+        boxes = boxes * scales.view(1, -1, 1)
+        return PhotoBatch(
+            pixels,
+            [shape for *_, shape in plans],
+            torch.tensor([index for index, *_ in plans]),
+            torch.tensor([self.labels[index] for index, *_ in plans]),
+            boxes.to(torch.float32),
+        )
 
 
-def collate_views(samples: list[tuple[torch.Tensor, int, int, torch.Tensor]]) -> NativeBatch:
-    """Pad the ``(h, w, 3)`` images into one ``(B, 3, H, W)`` uint8 batch (channels-last in
-    memory, so no pixel is reordered on the CPU). One row and column past each image repeat its
-    edge, so bilinear crops on the padded batch equal crops of each image alone (an image's
-    edge is clamped, which the repeated pixels reproduce)."""
-    height = max(s[0].shape[0] for s in samples)
-    width = max(s[0].shape[1] for s in samples)
-    batch = torch.zeros(len(samples), height, width, 3, dtype=torch.uint8)
-    for row, (pixels, *_) in enumerate(samples):
-        h, w = pixels.shape[0], pixels.shape[1]
-        batch[row, :h, :w] = pixels
-        if h < height:
-            batch[row, h, :w] = pixels[h - 1]
-        if w < width:
-            batch[row, : min(h + 1, height), w] = batch[row, : min(h + 1, height), w - 1]
-    indices = torch.tensor([s[1] for s in samples])
-    labels = torch.tensor([s[2] for s in samples])
-    boxes = torch.stack([s[3] for s in samples], dim=1)
-    return batch.permute(0, 3, 1, 2), indices, labels, boxes
+def pass_photos(batch: PhotoBatch) -> PhotoBatch:
+    """Collate function for :class:`FolderViews`, whose batched fetch is the batch."""
+    return batch

@@ -59,17 +59,27 @@ def dct_denominator(size: tuple[int, int], min_box_side: float, out_size: int) -
     return 1
 
 
-def decode_rgb(path: Path, denominator: int = 1, data: bytes | None = None) -> np.ndarray:
+def decode_rgb(
+    path: Path,
+    denominator: int = 1,
+    data: bytes | None = None,
+    out: np.ndarray | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode to ``(h, w, 3)`` uint8 RGB at ``1 / denominator`` of the image's size
     (``h = ceil(H / d)``; JPEGs only, other formats are decoded whole).
 
-    Greyscale and CMYK JPEGs are converted to RGB; a truncated or corrupt file raises
-    :class:`DatasetError` naming it (libjpeg-turbo's recoverable errors count as errors).
+    With ``out`` (a flat uint8 array of ``h * w * 3``), the pixels are written there (libjpeg-turbo
+    decodes straight into it); ``size`` is the ``(H, W)`` the caller planned for, and a file of
+    another size (changed since it was indexed) is an error naming it. Greyscale and CMYK
+    JPEGs are converted to RGB; a truncated or corrupt file raises :class:`DatasetError` naming
+    it (libjpeg-turbo's recoverable errors count as errors).
     """
     data = read_bytes(path) if data is None else data
     if is_jpeg(data):
         try:
             height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+            _check_size(path, (height, width), size)
             if colourspace != "CMYK":  # Adobe's inverted CMYK: PIL knows the convention
                 return simplejpeg.decode_jpeg(
                     data,
@@ -77,22 +87,51 @@ def decode_rgb(path: Path, denominator: int = 1, data: bytes | None = None) -> n
                     min_height=math.ceil(height / denominator),
                     min_width=math.ceil(width / denominator),
                     strict=True,
+                    **({} if out is None else {"buffer": out}),
                 )
         except ValueError as error:
             raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
-    return _decode_pil(path, data, denominator)
+    pixels = _decode_pil(path, data, denominator)
+    _check_size(path, pixels.shape[:2], size, denominator)
+    if out is None:
+        return pixels
+    out[:] = pixels.reshape(-1)
+    return out.reshape(pixels.shape)
 
 
-def decoded_scale(
-    size: tuple[int, int], decoded: tuple[int, int], denominator: int
-) -> tuple[float, float]:
-    """Per-axis factor from original to decoded pixel coordinates: ``1 / d`` where the decoder
-    made ``ceil(size / d)`` pixels (libjpeg's blocks; the last, partial one is one pixel), else
-    ``decoded / size`` (a format decoded whole, or resized)."""
-    return tuple(  # type: ignore[return-value]
-        1 / denominator if math.ceil(full / denominator) == part else part / full
-        for full, part in zip(size, decoded, strict=True)
-    )
+def _check_size(
+    path: Path, found: tuple[int, int], planned: tuple[int, int] | None, denominator: int = 1
+) -> None:
+    if planned is None:
+        return
+    expected = tuple(math.ceil(side / denominator) for side in planned)
+    if tuple(found) not in (tuple(planned), expected):
+        raise DatasetError(
+            f"{path}: is {found[0]}x{found[1]} pixels but was indexed as {planned[0]}x"
+            f"{planned[1]}: the file changed after the folder was indexed; delete the folder's "
+            ".contrastlab/index.npz to rebuild it"
+        )
+
+
+def plan_decode(
+    path: Path, size: tuple[int, int], min_box_side: float, out_size: int
+) -> tuple[bytes, int, tuple[int, int]]:
+    """Read a file and choose how to decode it for boxes whose shortest side is
+    ``min_box_side``: ``(its bytes, DCT denominator, decoded (h, w))``. Only JPEGs that
+    libjpeg-turbo converts to RGB itself are scaled (CMYK and other formats are decoded whole);
+    a file whose header disagrees with the indexed ``size`` is an error naming it."""
+    data = read_bytes(path)
+    denominator = 1
+    if is_jpeg(data):
+        try:
+            height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as error:
+            raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
+        _check_size(path, (height, width), size)
+        if colourspace != "CMYK":
+            denominator = dct_denominator(size, min_box_side, out_size)
+    shape = (math.ceil(size[0] / denominator), math.ceil(size[1] / denominator))
+    return data, denominator, shape
 
 
 def decode_square(path: Path, size: int) -> np.ndarray:

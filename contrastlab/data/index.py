@@ -4,7 +4,8 @@ Listing a 1.28M-file folder and reading every header takes minutes; every proces
 would pay it again. :func:`folder_index` does it once, in parallel, decoding each file in full
 (:func:`contrastlab.data.decode.check_image`) so a truncated or foreign file is named before
 training starts instead of killing a run hours in, and writes the result next to the images
-(``.contrastlab-index.npz``; under ``$CONTRASTLAB_DATA/indexes`` when the folder is read-only).
+(``.contrastlab/index.npz``; under ``$CONTRASTLAB_DATA/indexes`` when the folder is read-only;
+its own sub-folder, so writing it does not change the folder it describes).
 Later runs and the other processes load it in a fraction of a second.
 
 The index is rebuilt when a folder in it changed (a file added, removed or renamed changes its
@@ -15,6 +16,7 @@ size and time is not noticed: delete the index file to force a full pass.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -29,7 +31,7 @@ from contrastlab.data.decode import check_image
 from contrastlab.data.errors import DatasetError
 from contrastlab.data.readers import IMAGE_SUFFIXES
 
-INDEX_NAME = ".contrastlab-index.npz"
+INDEX_NAME = ".contrastlab/index.npz"
 INDEX_VERSION = 1
 PARALLEL_FROM = 256  # smaller folders are checked in this process (a pool costs ~1 s to start)
 
@@ -106,28 +108,33 @@ def _build(root: Path, saved: dict | None, workers: int | None, progress: bool) 
 def _list(root: Path) -> tuple[dict[str, tuple[int, os.stat_result]], list[str] | None, list]:
     """Every image file ``relative path -> (label, stat)``, the class names, and every folder
     walked with its modification time (the freshness signature)."""
-    subdirs = sorted(p.name for p in os.scandir(root) if p.is_dir() and not p.name.startswith("."))
-    classes = subdirs or None
+    # the index's own folder first: creating it later would change the root's time (a
+    # read-only folder keeps its index in the data cache)
+    with contextlib.suppress(OSError):
+        (root / INDEX_NAME).parent.mkdir(exist_ok=True)
+    top = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    subdirs = sorted(e.name for e in top if e.is_dir())
     listed: dict[str, tuple[int, os.stat_result]] = {}
     folders = [("", root.stat().st_mtime_ns)]
-    for label, top in enumerate(subdirs or [""]):
-        if not top:  # a flat folder: its own files only
-            scan = [(str(root), [], [e.name for e in os.scandir(root) if e.is_file()])]
-        else:
-            scan = os.walk(root / top)
-        for folder, dirs, names in scan:
+    if not subdirs:  # a flat folder: its own files only
+        for entry in sorted(top, key=lambda e: e.name):
+            if entry.is_file() and _is_image(entry.name):
+                listed[entry.name] = (-1, entry.stat())
+    for label, name in enumerate(subdirs):
+        for folder, dirs, names in os.walk(root / name):
             dirs.sort()
-            relative = Path(folder).relative_to(root).as_posix()
-            if top:
-                folders.append((relative, Path(folder).stat().st_mtime_ns))
-            for name in sorted(names):
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    path = Path(folder) / name
-                    key = path.relative_to(root).as_posix()
-                    listed[key] = (label if top else -1, path.stat())
+            relative = os.path.relpath(folder, root).replace(os.sep, "/")
+            folders.append((relative, os.stat(folder).st_mtime_ns))
+            for file in sorted(names):
+                if _is_image(file):
+                    listed[f"{relative}/{file}"] = (label, os.stat(os.path.join(folder, file)))
     if not listed:
         raise DatasetError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    return listed, classes, folders
+    return listed, subdirs or None, folders
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def _check_one(path: str) -> tuple[tuple[int, int] | None, str | None]:

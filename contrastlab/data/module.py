@@ -14,8 +14,8 @@ from contrastlab.data.datasets import (
     InMemoryImages,
     LazyImageFolder,
     collate_lazy,
-    collate_views,
     pass_batch,
+    pass_photos,
 )
 from contrastlab.data.download import ensure_dataset, resolve_root
 from contrastlab.data.index import FolderIndex, folder_index
@@ -292,7 +292,7 @@ class ContrastDataModule(pl.LightningDataModule):
             batches = ViewRequestSampler(
                 sampler, batch_size, train, dataset.sizes, draw, self.view_size, self.seed
             )
-            collate = collate_views
+            collate = pass_photos
         else:
             batches = BatchSampler(sampler, batch_size, drop_last=train)
             collate = collate_lazy if lazy else pass_batch

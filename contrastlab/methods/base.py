@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2.functional import center_crop, resize
 
+from contrastlab.data.datasets import PhotoBatch
 from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import build_backbone
@@ -75,6 +76,15 @@ def whole_view(
     if extents is not None:
         x = crop_and_resize(x, extents, augment.size)
     return standardize(x, augment)
+
+
+def unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(uint8 images, indices, labels, boxes or None)`` of an in-memory or folder batch, or of
+    a :class:`PhotoBatch` (photos at their own sizes, laid out here, on its device)."""
+    if isinstance(batch, PhotoBatch):
+        return batch.padded(), batch.indices, batch.labels, batch.boxes
+    images, indices, labels = batch[:3]
+    return images, indices, labels, None
 
 
 def standardize(x: torch.Tensor, augment: Augment) -> torch.Tensor:
@@ -245,8 +255,8 @@ class ContrastiveMethod(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        images, indices, labels, *boxes = batch  # native-resolution batches carry their boxes
-        views = [self._layout(v) for v in self.views(images, indices, *boxes)]
+        images, indices, labels, boxes = unpack(batch)
+        views = [self._layout(v) for v in self.views(images, indices, boxes)]
         self.momentum_update()
         loss = self.contrastive_loss(views, indices, labels)
         self._epoch_images += len(images)
@@ -329,9 +339,10 @@ class ContrastiveMethod(pl.LightningModule):
             batches = self._training_data().localization_dataloader()
         self.eval()
         found_indices, found_boxes = [], []
-        for images, indices, *rest in batches:
+        for batch in batches:
+            images, indices, _, boxes = unpack(batch)
             images = images.to(self.device, non_blocking=True)
-            whole = whole_view(images, self.augment, rest[1][0] if len(rest) == 2 else None)
+            whole = whole_view(images, self.augment, None if boxes is None else boxes[0])
             with self.precision_context():
                 maps = self.backbone.feature_map(self._layout(whole))
             found_boxes.append(localize_boxes(maps, whole.shape[-2:], crop.threshold))
@@ -414,9 +425,12 @@ class ContrastiveMethod(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         states = gather_cat(self.views.get_state().unsqueeze(0).to(self.device)).cpu()
+        # every process's own: one process's state given to all would change what the others
+        # draw after a resume (they need not have drawn alike before it)
+        torch_states = gather_cat(torch.get_rng_state().unsqueeze(0).to(self.device)).cpu()
         checkpoint["contrastlab"] = {
             "view_rng": states,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch_states,
             "epoch_loss": (self._epoch_loss.detach().cpu(), self._epoch_steps),
             "knn_untrained": self.knn_untrained,
         }
@@ -435,7 +449,11 @@ class ContrastiveMethod(pl.LightningModule):
         if rank < len(view_states):  # a run resumed on more processes keeps fresh seeds
             # a compact copy: Generator.set_state misreads a row view with a storage offset
             self.views.set_state(view_states[rank].cpu().clone())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        torch_states = state["torch_rng"]
+        if torch_states.ndim == 1:  # a checkpoint from before the states were per process
+            torch_states = torch_states.unsqueeze(0)
+        if rank < len(torch_states):
+            torch.set_rng_state(torch_states[rank].cpu().clone())
         if "epoch_loss" in state:  # a mid-epoch checkpoint continues the epoch's mean
             self._epoch_loss, self._epoch_steps = (
                 state["epoch_loss"][0].clone(),

@@ -1,0 +1,126 @@
+"""Photo-folder input pipeline, one CPU core: the papers' reference loader against contrastlab's.
+
+Each variant turns the same JPEG files into the inputs of two 224-px views, in one process, one
+thread (a data-loader worker's share of the machine), and reports images/s per core. Rounds
+alternate between the variants so that a drifting clock speed (a shared cloud core can swing by
+a third within seconds) hits them alike; the tables give each variant's median round and the
+median of the per-round ratios, each ratio taken between runs a second apart.
+
+    python bench/data_pipeline.py --photos ../shared/data/photos --rounds 15 --seconds 1
+
+- reference: the MoCo v2 / SynCo / ContrastiveCrop loaders: PIL decode, two torchvision
+  ``RandomResizedCrop(224, scale=(0.2, 1))`` on the PIL image, ``pil_to_tensor`` (no colour
+  augmentation: the papers add it on the CPU too, so the reference is flattered).
+- bare decode: torchvision's ``decode_jpeg`` (libjpeg-turbo) of the whole image, nothing else.
+- contrastlab: what a worker does for ``FolderViews``: two RandomResizedCrop boxes drawn on the
+  image's own size from the folder index (in the training process, timed here too), the JPEG
+  decoded by libjpeg-turbo at the smallest DCT scale that keeps both boxes >= 224 px, straight
+  into one packed batch of 32 (no padding copied on the CPU).
+  The crops are resized on the device, which this does not time.
+- contrastlab squared: the ``working_size 256`` option (decode, resize to a 256 square).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.io import decode_jpeg
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.functional import pil_to_tensor
+
+from contrastlab.data.datasets import FolderViews
+from contrastlab.data.decode import image_size
+from contrastlab.data.readers import decode_image
+from contrastlab.views.crops import random_resized_boxes
+
+VIEW, BATCH = 224, 32
+
+
+def reference(files: list[Path]) -> None:
+    crop = RandomResizedCrop(VIEW, scale=(0.2, 1.0))
+    for path in files:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            pil_to_tensor(crop(image)), pil_to_tensor(crop(image))
+
+
+def bare_decode(files: list[Path]) -> None:
+    for path in files:
+        decode_jpeg(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8))
+
+
+def ours(dataset: FolderViews, generator: torch.Generator) -> None:
+    files, sizes = dataset.files, dataset.sizes
+    for start in range(0, len(files), BATCH):
+        rows = torch.arange(start, min(start + BATCH, len(files)))
+        boxes = torch.stack(
+            [random_resized_boxes(len(rows), sizes[rows], (0.2, 1.0), (3 / 4, 4 / 3), generator)]
+            * 2
+        )
+        dataset.__getitems__([(int(i), boxes[:, j], VIEW) for j, i in enumerate(rows)])
+
+
+def squared(files: list[Path]) -> None:
+    for path in files:
+        decode_image(path, 256)
+
+
+def rate(run: Callable[[], None], count: int, min_seconds: float) -> float:
+    start, done = time.perf_counter(), 0
+    while True:
+        run()
+        done += count
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=Path, default=Path("../shared/data/photos"))
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per variant per round")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    print("| photos | reference (PIL + 2 RRC) | bare decode_jpeg | contrastlab | "
+          "contrastlab squared 256 | ours / reference | ours / bare decode |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for folder in sorted(p for p in args.photos.iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.jpg"))
+        for path in files:  # the page cache holds them all: no variant reads the disk
+            path.read_bytes()
+        # the sizes come from the folder index, read once before training
+        dataset = FolderViews(files, None, torch.tensor([image_size(p) for p in files]))
+        variants = {
+            "reference": lambda f=files: reference(f),
+            "bare": lambda f=files: bare_decode(f),
+            "ours": lambda d=dataset: ours(d, generator),
+            "squared": lambda f=files: squared(f),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, run in variants.items():
+                rates[name].append(rate(run, len(files), args.seconds))
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        print(
+            f"| {folder.name} ({len(files)}) | {median['reference']:.0f} | {median['bare']:.0f} "
+            f"| {median['ours']:.0f} | {median['squared']:.0f} "
+            f"| {ratio(rates['ours'], rates['reference']):.2f}x "
+            f"| {ratio(rates['ours'], rates['bare']):.2f}x |"
+        )
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median of the per-round ratios ``a / b``."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+if __name__ == "__main__":
+    main()
