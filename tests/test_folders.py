@@ -367,3 +367,33 @@ def test_training_on_a_photo_folder_resumes_exactly(tmp_path, photo_root, config
         main(["crops", "--checkpoint", str(resumed / "checkpoints" / "last.ckpt"),
               "--out", str(out), "--images", "3"])  # fmt: skip
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_new_box_store_reaches_the_next_epochs_crops_with_persistent_workers(tmp_path):
+    """The boxes are drawn in the training process when an epoch's batches are asked for:
+    a store changed between epochs (a localisation) shapes the very next epoch's crops, with
+    two persistent workers that were started before the change."""
+    from contrastlab.views import ContrastiveCrop
+
+    write_photo_folder(tmp_path / "train", copies=1)
+    data = ContrastDataModule("folder", root=str(tmp_path), lazy=True, batch_size=4, num_workers=2)
+    data.setup("fit")
+    crop = ContrastiveCrop(alpha=1.0, warmup_epochs=0, scale=(0.01, 0.02))
+    views = ViewSampler([Augment(size=8), Augment(size=8)], box_sampler=crop)
+    data.attach_views(views.draw_boxes, 8)
+    crop.reset(len(data.train_set))
+    loader = data.train_dataloader()
+    assert loader.persistent_workers
+    for _ in loader:  # epoch 0: RandomResizedCrop, the workers start
+        pass
+    crop.start_if_due(0)
+    crop.update(torch.arange(len(data.train_set)), torch.tensor([[0.7, 0.0, 1.0, 0.3]]))
+    loader.batch_sampler.sampler.set_epoch(1)
+    sizes = data.train_set.sizes
+    for batch in loader:
+        decoded = torch.tensor(batch.shapes, dtype=torch.float64)
+        full = sizes[batch.indices].double()
+        boxes = batch.boxes.double() * (full / decoded).repeat(1, 2)  # back to the photo
+        centre_y = (boxes[..., 0] + boxes[..., 2] / 2) / full[:, 0]
+        centre_x = (boxes[..., 1] + boxes[..., 3] / 2) / full[:, 1]
+        assert (centre_y >= 0.69).all() and (centre_x <= 0.31).all()
