@@ -18,6 +18,9 @@ median of the per-round ratios, each ratio taken between runs a second apart.
   into one packed batch of 32 (no padding copied on the CPU).
   The crops are resized on the device, which this does not time.
 - contrastlab squared: the ``working_size 256`` option (decode, resize to a 256 square).
+- with ``--device cuda``: also ``decode_on_device`` (the workers read the files, nvJPEG decodes
+  each batch of 32 on the GPU and lays it out there), timed end to end in this one process;
+  compare it with the contrastlab column times the cores that would feed the GPU.
 """
 
 from __future__ import annotations
@@ -66,6 +69,21 @@ def ours(dataset: FolderViews, generator: torch.Generator) -> None:
         dataset.__getitems__([(int(i), boxes[:, j], VIEW) for j, i in enumerate(rows)])
 
 
+def on_device(dataset: FolderViews, generator: torch.Generator, device: torch.device) -> None:
+    files, sizes = dataset.files, dataset.sizes
+    for start in range(0, len(files), BATCH):
+        rows = torch.arange(start, min(start + BATCH, len(files)))
+        boxes = torch.stack(
+            [random_resized_boxes(len(rows), sizes[rows], (0.2, 1.0), (3 / 4, 4 / 3), generator)]
+            * 2
+        )
+        batch = dataset.__getitems__([(int(i), boxes[:, j], VIEW) for j, i in enumerate(rows)])
+        batch.pixels = batch.pixels.to(device)
+        batch.padded()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def squared(files: list[Path]) -> None:
     for path in files:
         decode_image(path, 256)
@@ -86,12 +104,14 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path("../shared/data/photos"))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=1.0, help="per variant per round")
+    parser.add_argument("--device", default=None, help="e.g. cuda: also time nvJPEG decoding")
     args = parser.parse_args()
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
+    extra = " decode on device (nvJPEG) |" if args.device else ""
     print("| photos | reference (PIL + 2 RRC) | bare decode_jpeg | contrastlab | "
-          "contrastlab squared 256 | ours / reference | ours / bare decode |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          f"contrastlab squared 256 | ours / reference | ours / bare decode |{extra}")  # fmt: skip
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.device else ""))
     for folder in sorted(p for p in args.photos.iterdir() if p.is_dir()):
         files = sorted(folder.glob("*.jpg"))
         for path in files:  # the page cache holds them all: no variant reads the disk
@@ -104,6 +124,10 @@ def main() -> None:
             "ours": lambda d=dataset: ours(d, generator),
             "squared": lambda f=files: squared(f),
         }
+        if args.device:
+            encoded = FolderViews(files, None, dataset.sizes, decode_on_device=True)
+            device = torch.device(args.device)
+            variants["device"] = lambda d=encoded, on=device: on_device(d, generator, on)
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, run in variants.items():
@@ -114,6 +138,7 @@ def main() -> None:
             f"| {median['ours']:.0f} | {median['squared']:.0f} "
             f"| {ratio(rates['ours'], rates['reference']):.2f}x "
             f"| {ratio(rates['ours'], rates['bare']):.2f}x |"
+            + (f" {median['device']:.0f} |" if args.device else "")
         )
 
 

@@ -172,6 +172,43 @@ def test_folder_batches_pack_the_decoded_photos_and_scale_their_boxes(tmp_path):
     assert torch.equal(batch.boxes[0, -1], torch.tensor([0.0, 0.0, 300.0, 400.0]))
 
 
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)"),
+        ),
+    ],
+)
+def test_decoding_on_the_device_gives_the_workers_photos(tmp_path, device):
+    """decode_on_device: the workers pass the JPEG files on (CMYK and PNG decoded by them) and
+    the batch is decoded by torchvision's decode_jpeg on its device, photo for photo what the
+    workers' libjpeg-turbo makes (nvJPEG's IDCT may differ by a few levels)."""
+    files = write_photo_folder(tmp_path, copies=1, classes=1)
+    from PIL import Image
+
+    sizes = torch.tensor([[Image.open(f).height, Image.open(f).width] for f in files])
+    requests = [(i, torch.tensor([[0, 0, h, w]]), 16) for i, (h, w) in enumerate(sizes.tolist())]
+    in_workers = FolderViews(files, None, sizes).__getitems__(requests)
+    on_device = FolderViews(files, None, sizes, decode_on_device=True).__getitems__(requests)
+    kinds = [name.split("_")[0] for name in (f.name for f in files)]
+    assert [e is None for e in on_device.encoded] == [k in ("cmyk", "lossless") for k in kinds]
+    assert on_device.shapes == [tuple(s) for s in sizes.tolist()]  # whole: no DCT scaling
+    on_device.pixels = on_device.pixels.to(device)
+    images, reference = (
+        on_device.padded().cpu(),
+        FolderViews(files, None, sizes)
+        .__getitems__([(i, b, 10_000) for i, b, _ in requests])
+        .padded(),
+    )
+    for i, (h, w) in enumerate(on_device.shapes):
+        gap = (images[i, :, :h, :w].int() - reference[i, :, :h, :w].int()).abs().max()
+        assert gap <= (1 if device == "cpu" else 8), (kinds[i], gap)
+    assert in_workers.encoded is None
+
+
 def test_a_file_changed_after_indexing_is_named(tmp_path):
     path = save_photo(tmp_path / "a.jpg", photo_pixels(40, 60, seed=0))
     dataset = FolderViews([path], None, torch.tensor([[60, 40]]))  # the index's old size
@@ -360,6 +397,9 @@ def test_training_on_a_photo_folder_resumes_exactly(tmp_path, photo_root, config
     fit_run(resumed, photo_root, config, *options, "--resume")
     assert_same_state(straight / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
     assert math.isfinite(float(stopped["contrastlab"]["knn_untrained"]))
+    if config.endswith("synco"):  # and the same recipe decoding on the device, one epoch
+        options = [*options, "--trainer.max_epochs", "1", "--data.decode_on_device", "true"]
+        fit_run(tmp_path / "on_device", photo_root, config, *options)
     if config.endswith("ccrop"):  # the crops picture of a native-resolution run
         from contrastlab.cli import main
 

@@ -99,7 +99,9 @@ class PhotoBatch:
 
     ``pixels`` ``(N,)`` holds each photo's ``(h, w, 3)`` bytes in turn; ``shapes`` their
     ``(h, w)``; ``boxes`` ``(V, B, 4)`` float ``(top, left, height, width)`` every view's crop
-    in the decoded photo's pixels.
+    in the decoded photo's pixels. With decoding on the device, ``encoded`` holds a photo's
+    JPEG file (``None`` where a worker decoded it into ``pixels``): plain bytes, which stay on
+    the host, as torchvision's ``decode_jpeg`` wants them even when it decodes on a GPU.
     """
 
     pixels: torch.Tensor
@@ -107,6 +109,7 @@ class PhotoBatch:
     indices: torch.Tensor
     labels: torch.Tensor
     boxes: torch.Tensor
+    encoded: list[bytes | None] | None = None
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -131,16 +134,37 @@ class PhotoBatch:
         batch = torch.empty(
             len(self), height, width, 3, dtype=torch.uint8, device=self.pixels.device
         )
+        on_device = iter(self._decode_on_device())
         start = 0
         for row, (h, w) in enumerate(self.shapes):
-            photo = self.pixels[start : start + h * w * 3].view(h, w, 3)
-            start += h * w * 3
+            if self.encoded is not None and self.encoded[row] is not None:
+                photo = next(on_device).permute(1, 2, 0)
+            else:
+                photo = self.pixels[start : start + h * w * 3].view(h, w, 3)
+                start += h * w * 3
             batch[row, :h, :w] = photo
             if h < height:
                 batch[row, h, :w] = photo[h - 1]
             if w < width:
                 batch[row, : min(h + 1, height), w] = batch[row, : min(h + 1, height), w - 1]
         return batch.permute(0, 3, 1, 2)
+
+    def _decode_on_device(self) -> list[torch.Tensor]:
+        """The encoded photos decoded in one batched call of torchvision's ``decode_jpeg`` on
+        the pixels' device (nvJPEG on a GPU): ``(3, h, w)`` uint8 each."""
+        files = [b for b in self.encoded or [] if b is not None]
+        if not files:
+            return []
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in files]
+        device = self.pixels.device
+        photos = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        shapes = [s for s, b in zip(self.shapes, self.encoded, strict=True) if b is not None]
+        for photo, shape in zip(photos, shapes, strict=True):
+            if tuple(photo.shape[1:]) != shape:
+                raise RuntimeError(f"decode_jpeg made {tuple(photo.shape)}, expected {shape}")
+        return photos
 
 
 class FolderViews(Dataset):
@@ -151,11 +175,18 @@ class FolderViews(Dataset):
     :class:`PhotoBatch`; nothing else touches the pixels here: cropping, resizing and every
     augmentation happen on the device."""
 
-    def __init__(self, files: list[Path], labels: list[int] | None, sizes: torch.Tensor) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        labels: list[int] | None,
+        sizes: torch.Tensor,
+        decode_on_device: bool = False,
+    ) -> None:
         if sizes.shape != (len(files), 2):
             raise ValueError(f"need one (height, width) per file, got {tuple(sizes.shape)}")
         self.files, self.sizes = files, sizes.to(torch.int64)
         self.labels = labels if labels is not None else [-1] * len(files)
+        self.decode_on_device = decode_on_device
 
     def __len__(self) -> int:
         return len(self.files)
@@ -164,18 +195,24 @@ class FolderViews(Dataset):
         return self.__getitems__([request])
 
     def __getitems__(self, requests: list[ViewRequest]) -> PhotoBatch:
-        from contrastlab.data.decode import decode_rgb, plan_decode
+        from contrastlab.data.decode import decode_rgb, device_decodable, plan_decode
 
-        plans = []
+        plans, encoded = [], []
         for index, boxes, out_size in requests:
             size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
             data, denominator, shape = plan_decode(
                 self.files[index], size, float(boxes[:, 2:].min()), out_size
             )
+            if self.decode_on_device and device_decodable(data):
+                denominator, shape = 1, size  # decode_jpeg has no DCT scaling
+                encoded.append(data)
+            else:
+                encoded.append(None)
             plans.append((index, size, (data, denominator), shape))
-        pixels = torch.empty(sum(h * w * 3 for *_, (h, w) in plans), dtype=torch.uint8)
+        local = [p for p, e in zip(plans, encoded, strict=True) if e is None]
+        pixels = torch.empty(sum(h * w * 3 for *_, (h, w) in local), dtype=torch.uint8)
         start = 0
-        for index, size, (data, denominator), (h, w) in plans:
+        for index, size, (data, denominator), (h, w) in local:
             region = pixels[start : start + h * w * 3].numpy()
             decode_rgb(self.files[index], denominator, data, out=region, size=size)
             start += h * w * 3
@@ -190,6 +227,7 @@ class FolderViews(Dataset):
             torch.tensor([index for index, *_ in plans]),
             torch.tensor([self.labels[index] for index, *_ in plans]),
             boxes.to(torch.float32),
+            encoded if self.decode_on_device else None,
         )
 
 

@@ -134,6 +134,17 @@ def plan_decode(
     return data, denominator, shape
 
 
+def device_decodable(data: bytes) -> bool:
+    """A JPEG torchvision's ``decode_jpeg`` turns into RGB on any device: colour or greyscale
+    (CMYK and other formats stay with the worker's decoder)."""
+    if not is_jpeg(data):
+        return False
+    try:
+        return simplejpeg.decode_jpeg_header(data)[2] in ("YCbCr", "Gray", "RGB")
+    except ValueError:
+        return False
+
+
 def decode_square(path: Path, size: int) -> np.ndarray:
     """Decode at the smallest DCT scale whose shorter side is still at least ``size`` (the
     fixed working-size path resizes it to ``size`` next)."""

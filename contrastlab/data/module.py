@@ -99,6 +99,11 @@ class ContrastDataModule(pl.LightningDataModule):
             is needed when the images differ in size; with ``lazy`` it is a speed option.
         skip_bad_images: leave files that cannot be decoded out of a lazy folder (they are
             listed) instead of stopping with an error that names them.
+        decode_on_device: native-resolution folders only: workers just read the JPEG files and
+            the training process decodes each batch with torchvision's ``decode_jpeg`` on its
+            device (nvJPEG on a GPU, for hosts with few cores per GPU). Photos are then decoded
+            whole (nvJPEG has no DCT scaling); CMYK JPEGs and other formats stay with the
+            workers.
         on_device: keep in-memory datasets on the accelerator (no host-to-device copies).
         num_workers: data-loader workers (only useful with ``lazy``).
     """
@@ -118,6 +123,7 @@ class ContrastDataModule(pl.LightningDataModule):
         eval_batch_size: int = 512,
         seed: int = 0,
         skip_bad_images: bool = False,
+        decode_on_device: bool = False,
     ) -> None:
         super().__init__()
         if dataset not in DEFAULT_SPLITS:
@@ -126,6 +132,11 @@ class ContrastDataModule(pl.LightningDataModule):
             )
         if lazy and dataset != "folder":
             raise DatasetError("lazy decoding applies to dataset='folder' only")
+        if decode_on_device and not (lazy and working_size is None):
+            raise DatasetError(
+                "decode_on_device applies to native-resolution folders (dataset='folder', "
+                "lazy=true, no working_size)"
+            )
         self.save_hyperparameters()
         # The loggers get the model's hyperparameters only: Lightning refuses a run whose model
         # and data share a key with different values (model.seed 1 with data.seed 0). Both
@@ -137,7 +148,7 @@ class ContrastDataModule(pl.LightningDataModule):
         self.train_subset, self.eval_subset = train_subset, eval_subset
         self.lazy, self.working_size, self.on_device = lazy, working_size, on_device
         self.num_workers, self.seed = num_workers, seed
-        self.skip_bad_images = skip_bad_images
+        self.skip_bad_images, self.decode_on_device = skip_bad_images, decode_on_device
         self._draw_boxes: BoxDrawer | None = None
         self.view_size: int | None = None
         self.train_set: Dataset | None = None
@@ -253,7 +264,8 @@ class ContrastDataModule(pl.LightningDataModule):
         if index.classes is not None:
             self.num_classes = len(index.classes)
         if views:
-            return FolderViews(index.paths(), index.label_list(), torch.from_numpy(index.sizes))
+            sizes = torch.from_numpy(index.sizes)
+            return FolderViews(index.paths(), index.label_list(), sizes, self.decode_on_device)
         return LazyImageFolder(index.paths(), index.label_list(), self._square_size())
 
     def _square_size(self) -> int:
