@@ -35,6 +35,7 @@ from contrastlab.runs.resume import (
     load_checkpoint_file,
     method_arguments,
     method_class,
+    option_defaults,
     resume_changes,
     schedule_note,
 )
@@ -260,8 +261,18 @@ class ContrastCLI(LightningCLI):
                 f"{type(self.model).__name__}"
             )
         saved_data = checkpoint.get("datamodule_hyper_parameters") or {}
-        changes = resume_changes("model", method_arguments(checkpoint), dict(self.model.hparams))
-        changes += resume_changes("data", saved_data, dict(self.datamodule.hparams))
+        changes = resume_changes(
+            "model",
+            method_arguments(checkpoint),
+            dict(self.model.hparams),
+            option_defaults(type(self.model)),
+        )
+        changes += resume_changes(
+            "data",
+            saved_data,
+            dict(self.datamodule.hparams),
+            option_defaults(type(self.datamodule)),
+        )
         if changes:
             raise CheckpointError(
                 f"cannot resume {path} with other options (a resumed run keeps the model, data "

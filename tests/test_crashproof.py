@@ -325,6 +325,21 @@ def test_resume_changes_ignore_what_does_not_change_training():
     )
 
 
+def test_an_option_added_after_the_checkpoint_counts_as_its_default():
+    """A checkpoint written before data.skip_bad_images existed resumes with its default, and
+    is refused with another value."""
+    from contrastlab.data.module import ContrastDataModule
+    from contrastlab.runs.resume import option_defaults
+
+    defaults = option_defaults(ContrastDataModule)
+    assert defaults["skip_bad_images"] is False and defaults["batch_size"] == 512
+    old = {"batch_size": 8}
+    assert resume_changes("data", old, {"batch_size": 8, "skip_bad_images": False}, defaults) == []
+    assert resume_changes("data", old, {"batch_size": 8, "skip_bad_images": True}, defaults) == [
+        "data.skip_bad_images: False in the checkpoint, True now"
+    ]
+
+
 def test_schedule_note_gives_the_learning_rate_jump():
     # 10 steps an epoch, no warm-up: at step 100 of 100 the factor is 0; of 200 it is 0.5
     note = schedule_note(10, 20, step=100, steps_per_epoch=10, warmup_epochs=0)

@@ -76,15 +76,32 @@ def method_arguments(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if not k.startswith("_") and k != "backbone_weights"}
 
 
-def resume_changes(section: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``section.key: saved -> current`` for every option that differs and matters."""
+def resume_changes(
+    section: str,
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """``section.key: saved -> current`` for every option that differs and matters. An option
+    the checkpoint lacks (added to contrastlab after it was written) counts as its default
+    from ``defaults``, so an upgrade does not strand a run."""
     ignored = HARMLESS_ON_RESUME.get(section, set())
     keys = sorted((set(saved) | set(current)) - ignored)
+    defaults = defaults or {}
+    then = {k: saved[k] if k in saved else defaults.get(k) for k in keys}
     return [
-        f"{section}.{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        f"{section}.{key}: {then[key]!r} in the checkpoint, {current.get(key)!r} now"
         for key in keys
-        if not key.startswith("_") and saved.get(key) != current.get(key)
+        if not key.startswith("_") and then[key] != current.get(key)
     ]
+
+
+def option_defaults(cls: type) -> dict[str, Any]:
+    """The constructor defaults of ``cls`` (what an option absent from a checkpoint meant)."""
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def schedule_note(
