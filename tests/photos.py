@@ -13,7 +13,7 @@ PHOTO_SHAPES = [
     ("landscape", 72, 108, "RGB", "JPEG"),
     ("wide", 54, 96, "RGB", "JPEG"),  # 16:9
     ("square", 64, 64, "RGB", "JPEG"),
-    ("small", 20, 24, "RGB", "JPEG"),  # smaller than a 32-px view
+    ("small", 12, 14, "RGB", "JPEG"),  # smaller than the tests' 16-px views
     ("grey", 90, 70, "L", "JPEG"),
     ("cmyk", 70, 90, "CMYK", "JPEG"),
     ("lossless", 60, 84, "RGB", "PNG"),
