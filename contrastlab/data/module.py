@@ -96,7 +96,8 @@ class ContrastDataModule(pl.LightningDataModule):
             are resized to ``256 / 224`` of the view size and centre-cropped.
         working_size: decode every image to this square first (shorter side resized, centre
             crop): views then never reach the outer parts of non-square photos. In memory it
-            is needed when the images differ in size; with ``lazy`` it is a speed option.
+            is needed when the images differ in size; with ``lazy`` it is the older path (less
+            to send to the device, but slower on the CPU: ``bench/data_pipeline.py``).
         skip_bad_images: leave files that cannot be decoded out of a lazy folder (they are
             listed) instead of stopping with an error that names them.
         decode_on_device: native-resolution folders only: workers just read the JPEG files and
