@@ -124,7 +124,9 @@ def batch_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
-def whole_images(indices: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator):
+def whole_images(
+    indices: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """One box per image covering all of it (the localisation pass): ``(1, n, 4)``."""
     return torch.cat([torch.zeros_like(sizes), sizes], dim=1).unsqueeze(0)
 
