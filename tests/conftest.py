@@ -143,6 +143,10 @@ CCROP_FIRST = [
 ]
 """ContrastiveCrop localises before the first step, so that every step uses its crops."""
 
+CCROP_ONCE = [*CCROP_FIRST, "--model.crop.init_args.interval", "5"]
+"""ContrastiveCrop localises before epoch 0 only, so epoch 1 of a resumed run must use the boxes
+restored from the checkpoint (a store that did not survive would change the crops)."""
+
 
 def fit_run(run_dir: Path, data_root: Path, config: str, *options: str) -> dict:
     """``contrastlab fit --config config`` on ``data_root`` into ``run_dir`` with ``options``;

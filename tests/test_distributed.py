@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CCROP_ONCE
 
 from contrastlab.runs.resume import load_checkpoint_file
 
@@ -356,12 +357,7 @@ def test_two_nodes_on_a_photo_folder_localise_alike_and_resume_exactly(tmp_path)
         "8",
         "--model.augment.size",
         "16",
-        "--model.crop.init_args.warmup_epochs",
-        "0",
-        "--model.crop.init_args.interval",
-        "5",
-        "--model.crop.init_args.threshold",
-        "0.5",
+        *CCROP_ONCE,
         "--trainer.max_epochs",
         "2",
         "--trainer.precision",

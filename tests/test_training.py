@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState, tiny_moco_fit
+from conftest import CCROP_ONCE, QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState, tiny_moco_fit
 
 from contrastlab.cli import main, rewrite_fit_args
 from contrastlab.evaluate import data_from_checkpoint, knn_of_model, method_from_checkpoint
@@ -55,18 +55,6 @@ def test_fit_writes_run_directory_and_knn_runs(tmp_path, tiny_cifar, capsys):
     assert {"queue.keys", "queue.indices", "queue.pointer"} <= set(checkpoint["state_dict"])
     main(["knn", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--k", "5"])
     assert "kNN top-1" in capsys.readouterr().out
-
-
-# ContrastiveCrop localises before epoch 0 only, so epoch 1 of the resumed run must use the
-# boxes restored from the checkpoint (a store that did not survive would change the crops)
-CCROP_ONCE = [
-    "--model.crop.init_args.warmup_epochs",
-    "0",
-    "--model.crop.init_args.interval",
-    "5",
-    "--model.crop.init_args.threshold",
-    "0.5",
-]
 
 
 @pytest.mark.parametrize(

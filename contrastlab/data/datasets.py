@@ -195,39 +195,40 @@ class FolderViews(Dataset):
         return self.__getitems__([request])
 
     def __getitems__(self, requests: list[ViewRequest]) -> PhotoBatch:
-        from contrastlab.data.decode import decode_rgb, device_decodable, plan_decode
+        from contrastlab.data.decode import decode_rgb, plan_decode
 
-        plans, encoded = [], []
+        plans = []
         for index, boxes, out_size in requests:
             size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
-            data, denominator, shape = plan_decode(
-                self.files[index], size, float(boxes[:, 2:].min()), out_size
-            )
-            if self.decode_on_device and device_decodable(data):
-                denominator, shape = 1, size  # decode_jpeg has no DCT scaling
-                encoded.append(data)
-            else:
-                encoded.append(None)
-            plans.append((index, size, (data, denominator), shape))
-        local = [p for p, e in zip(plans, encoded, strict=True) if e is None]
-        pixels = torch.empty(sum(h * w * 3 for *_, (h, w) in local), dtype=torch.uint8)
+            plan = plan_decode(self.files[index], size, float(boxes[:, 2:].min()), out_size)
+            if self.decode_on_device and plan.turbo:  # decode_jpeg has no DCT scaling
+                plan = plan._replace(denominator=1, shape=size)
+            plans.append(plan)
+        on_device = [self.decode_on_device and plan.turbo for plan in plans]
+        local = [(i, p) for (i, _, _), p, d in zip(requests, plans, on_device, strict=True)
+                 if not d]  # fmt: skip
+        pixels = torch.empty(sum(p.shape[0] * p.shape[1] * 3 for _, p in local), dtype=torch.uint8)
         start = 0
-        for index, size, (data, denominator), (h, w) in local:
-            region = pixels[start : start + h * w * 3].numpy()
-            decode_rgb(self.files[index], denominator, data, out=region, size=size)
-            start += h * w * 3
+        for index, plan in local:
+            count = plan.shape[0] * plan.shape[1] * 3
+            size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
+            region = pixels[start : start + count].numpy()
+            decode_rgb(self.files[index], plan.denominator, plan.data, out=region, size=size)
+            start += count
         # libjpeg's scaled blocks keep the pixel grid: x -> x / d exactly (a partial last block
         # only adds a pixel at the far edge)
-        scales = torch.tensor([1 / d for _, _, (_, d), _ in plans], dtype=torch.float64)
+        scales = torch.tensor([1 / p.denominator for p in plans], dtype=torch.float64)
         boxes = torch.stack([b for _, b, _ in requests], dim=1).to(torch.float64)
-        boxes = boxes * scales.view(1, -1, 1)
+        indices = [index for index, _, _ in requests]
         return PhotoBatch(
             pixels,
-            [shape for *_, shape in plans],
-            torch.tensor([index for index, *_ in plans]),
-            torch.tensor([self.labels[index] for index, *_ in plans]),
-            boxes.to(torch.float32),
-            encoded if self.decode_on_device else None,
+            [p.shape for p in plans],
+            torch.tensor(indices),
+            torch.tensor([self.labels[i] for i in indices]),
+            (boxes * scales.view(1, -1, 1)).to(torch.float32),
+            [p.data if d else None for p, d in zip(plans, on_device, strict=True)]
+            if self.decode_on_device
+            else None,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -22,6 +23,8 @@ from contrastlab.data.errors import DatasetError
 
 DENOMINATORS = (8, 4, 2, 1)  # the power-of-two DCT scales, smallest image first
 JPEG_MAGIC = b"\xff\xd8"
+TURBO_RGB = ("YCbCr", "Gray", "RGB")  # what libjpeg-turbo (and decode_jpeg) turn into RGB;
+# CMYK and YCCK (Adobe's inverted conventions) go to PIL
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -77,10 +80,10 @@ def decode_rgb(
     """
     data = read_bytes(path) if data is None else data
     if is_jpeg(data):
-        try:
-            height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
-            _check_size(path, (height, width), size)
-            if colourspace != "CMYK":  # Adobe's inverted CMYK: PIL knows the convention
+        height, width, colourspace = jpeg_header(path, data)
+        _check_size(path, (height, width), size)
+        if colourspace in TURBO_RGB:
+            try:
                 return simplejpeg.decode_jpeg(
                     data,
                     "RGB",
@@ -89,8 +92,8 @@ def decode_rgb(
                     strict=True,
                     **({} if out is None else {"buffer": out}),
                 )
-        except ValueError as error:
-            raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
+            except ValueError as error:
+                raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
     pixels = _decode_pil(path, data, denominator)
     _check_size(path, pixels.shape[:2], size, denominator)
     if out is None:
@@ -113,36 +116,43 @@ def _check_size(
         )
 
 
+def jpeg_header(path: Path, data: bytes) -> tuple[int, int, str]:
+    """``(height, width, colourspace)`` of a JPEG's header; an unreadable one is an error
+    naming the file."""
+    try:
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as error:
+        raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
+    return int(height), int(width), colourspace
+
+
+class DecodePlan(NamedTuple):
+    """How one file is decoded: its bytes, the DCT denominator, the decoded ``(h, w)``, and
+    whether it is a JPEG that libjpeg-turbo (and torchvision's ``decode_jpeg``) turns into RGB
+    itself."""
+
+    data: bytes
+    denominator: int
+    shape: tuple[int, int]
+    turbo: bool
+
+
 def plan_decode(
     path: Path, size: tuple[int, int], min_box_side: float, out_size: int
-) -> tuple[bytes, int, tuple[int, int]]:
+) -> DecodePlan:
     """Read a file and choose how to decode it for boxes whose shortest side is
-    ``min_box_side``: ``(its bytes, DCT denominator, decoded (h, w))``. Only JPEGs that
-    libjpeg-turbo converts to RGB itself are scaled (CMYK and other formats are decoded whole);
-    a file whose header disagrees with the indexed ``size`` is an error naming it."""
+    ``min_box_side``. Only JPEGs that libjpeg-turbo converts to RGB itself are scaled (CMYK
+    and other formats are decoded whole); a file whose header disagrees with the indexed
+    ``size`` is an error naming it."""
     data = read_bytes(path)
-    denominator = 1
+    turbo = False
     if is_jpeg(data):
-        try:
-            height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError as error:
-            raise DatasetError(f"{path}: not a readable JPEG ({error})") from error
+        height, width, colourspace = jpeg_header(path, data)
         _check_size(path, (height, width), size)
-        if colourspace != "CMYK":
-            denominator = dct_denominator(size, min_box_side, out_size)
+        turbo = colourspace in TURBO_RGB
+    denominator = dct_denominator(size, min_box_side, out_size) if turbo else 1
     shape = (math.ceil(size[0] / denominator), math.ceil(size[1] / denominator))
-    return data, denominator, shape
-
-
-def device_decodable(data: bytes) -> bool:
-    """A JPEG torchvision's ``decode_jpeg`` turns into RGB on any device: colour or greyscale
-    (CMYK and other formats stay with the worker's decoder)."""
-    if not is_jpeg(data):
-        return False
-    try:
-        return simplejpeg.decode_jpeg_header(data)[2] in ("YCbCr", "Gray", "RGB")
-    except ValueError:
-        return False
+    return DecodePlan(data, denominator, shape, turbo)
 
 
 def decode_square(path: Path, size: int) -> np.ndarray:

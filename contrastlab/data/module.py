@@ -181,7 +181,7 @@ class ContrastDataModule(pl.LightningDataModule):
         if self.lazy:  # index once per node; the other processes load it in setup()
             for split in dict.fromkeys(DEFAULT_SPLITS[self.dataset]):
                 if split == "train" or (root / split).is_dir():
-                    self._index(_folder_split(root, split))
+                    folder_index(_folder_split(root, split), skip_bad=self.skip_bad_images)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

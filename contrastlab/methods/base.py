@@ -239,7 +239,7 @@ class ContrastiveMethod(pl.LightningModule):
         self.views.reseed(self.hparams.seed * 1_000_003 + rank)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
-        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(self._trainer, "datamodule", None)
         if stage == "fit" and hasattr(data, "attach_views"):
             data.attach_views(self.views.draw_boxes, self.augment.size)
         if self.crop is not None and stage == "fit":
