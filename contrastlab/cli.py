@@ -12,35 +12,40 @@ safetensors|torchvision|timm|detectron2`` writes the backbone for other tools.
 heatmaps, ContrastiveCrop boxes and sampled crops of training images.
 ``contrastlab report RUN_DIR [RUN_DIR ...]`` writes an HTML report (curves, kNN, hardness,
 crops, embedding), comparing runs when given several.
+``contrastlab reproduce --grid cifar10 --scale smoke|paper [--seeds 0 1 2 --budget-minutes M]``
+runs a grid of experiments (each cell an ordinary ``fit`` run directory), resumably, and
+writes ``results.md``, ``results.json`` and a report comparing the cells.
 """
 
 from __future__ import annotations
 
 import difflib
 import sys
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-COMMANDS = ("fit", "knn", "linear", "finetune", "export", "crops", "report", "presets")
+from contrastlab.presets import list_presets, preset_path
 
-
-def preset_dir() -> Path:
-    return Path(str(resources.files("contrastlab") / "configs"))
-
-
-def list_presets() -> list[str]:
-    root = preset_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+COMMANDS = (
+    "fit",
+    "knn",
+    "linear",
+    "finetune",
+    "export",
+    "crops",
+    "report",
+    "reproduce",
+    "presets",
+)
 
 
 def resolve_config(value: str) -> str:
     """A YAML path as given, or a shipped preset name such as ``cifar10/mocov2``."""
     if Path(value).is_file():
         return value
-    preset = preset_dir() / f"{value.removesuffix('.yaml')}.yaml"
-    if preset.is_file():
+    preset = preset_path(value)
+    if preset is not None:
         return str(preset)
     close = difflib.get_close_matches(value, list_presets(), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -238,6 +243,54 @@ def crops(args: list[str]) -> None:
     print(f"wrote {out}")
 
 
+def reproduce(args: list[str]) -> None:
+    import argparse
+
+    from contrastlab.reproduce import GridError, Request
+    from contrastlab.reproduce import reproduce as run_grid
+
+    split = args.index("--") if "--" in args else len(args)
+    parser = argparse.ArgumentParser(
+        prog="contrastlab reproduce",
+        description="Run a grid of experiments (resumable, budgeted) and tabulate them.",
+        epilog="Options after -- go to every cell's `contrastlab fit` (after the grid's own).",
+    )
+    parser.add_argument("--grid", default="cifar10", help="a shipped grid or a YAML file")
+    parser.add_argument("--scale", default="smoke", help="smoke (minutes on a CPU) or paper")
+    parser.add_argument("--out", type=Path, default=None, help="runs/reproduce/<grid>_<scale>")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (0)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the scale's")
+    parser.add_argument("--only", nargs="+", default=[], help="cell name patterns (fnmatch)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--budget-minutes", type=float, default=None, help="stop cleanly after")
+    parser.add_argument("--linear", action="store_true", help="also the fast linear probe")
+    parser.add_argument("--data-root", default=None, help="the dataset's root folder")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    o = parser.parse_args(args[:split])
+    if o.budget_minutes is not None and o.budget_minutes <= 0:
+        parser.error(f"--budget-minutes {o.budget_minutes}: expected a positive number")
+    request = Request(
+        o.grid,
+        o.scale,
+        o.out,
+        tuple(o.seeds),
+        o.epochs,
+        tuple(o.only),
+        o.device,
+        o.budget_minutes,
+        o.linear,
+        o.data_root,
+        not o.no_report,
+        tuple(args[split + 1 :]),
+    )
+    try:
+        summary = run_grid(request)
+    except GridError as error:
+        raise SystemExit(f"contrastlab reproduce: {error}") from None
+    if any(c["status"] == "failed" for c in summary["cells"]):
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -264,6 +317,7 @@ def run(command: str, rest: list[str]) -> None:
         "export": export,
         "crops": crops,
         "report": report,
+        "reproduce": reproduce,
     }
     if command in handlers:
         handlers[command](rest)

@@ -174,10 +174,16 @@ def write_report(
     out: str | Path | None = None,
     embed_subset: int = 2000,
     device: str = "cpu",
+    names: list[str] | None = None,
+    pictures: bool = True,
 ) -> Path:
     """Write ``report.html`` and its PNGs to ``out`` (the run directory for one run,
-    ``reports/<names>`` for several); returns the HTML path."""
+    ``reports/<names>`` for several); returns the HTML path. ``names`` label the runs (their
+    folder names by default); without ``pictures`` only the curves and the table are drawn
+    (no ContrastiveCrop picture or embedding, which read the checkpoints)."""
     runs = [read_run(p) for p in run_dirs]
+    for run, name in zip(runs, names or [], strict=False):
+        run.name = name
     if out is None:
         out = (
             runs[0].path if len(runs) == 1 else Path("reports") / "_vs_".join(r.name for r in runs)
@@ -198,6 +204,15 @@ def write_report(
     hardness = curve_figure(runs, hardness_keys(runs), "synthetic-negative hardness", "step")
     add("Hardness of negatives", hardness, "hardness.png")
     notes = []
+    if pictures:
+        notes += _add_pictures(runs, images, sections, embed_subset, device, add)
+    return _write_html(out / "report.html", runs, sections, notes)
+
+
+def _add_pictures(runs: list[Run], images: Path, sections, embed_subset: int, device: str, add):
+    """The ContrastiveCrop picture of each run trained with it, and one embedding plot of all
+    runs; returns notes on what could not be drawn."""
+    notes = []
     for run in runs:
         if not run.checkpoint.is_file():
             notes.append(f"{run.name}: no checkpoints/last.ckpt, no crops or embedding")
@@ -216,7 +231,7 @@ def write_report(
             notes.append(f"{run.name}: no embedding ({error})")
     if embeddings:
         add("Embedding of evaluation features", embedding_figure(embeddings), "embedding.png")
-    return _write_html(out / "report.html", runs, sections, notes)
+    return notes
 
 
 def _write_html(path: Path, runs: list[Run], sections, notes: list[str]) -> Path:

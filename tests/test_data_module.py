@@ -2,10 +2,11 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from contrastlab.cli import list_presets, main
+from contrastlab.cli import main
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.data.readers import DatasetError
 from contrastlab.data.sampling import GlobalBatchSampler
+from contrastlab.presets import list_presets
 
 
 def test_global_batches_split_across_ranks_in_order():

@@ -1,0 +1,225 @@
+"""``contrastlab reproduce``: the grid as data, the cells' commands, the seed-paired table, and
+the whole CIFAR-10 grid at the smoke scale (on a tiny CIFAR-10 in the official layout) run,
+stopped by its budget and resumed without rerunning finished cells."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contrastlab.reproduce import (
+    CellResult,
+    CellState,
+    GridError,
+    load_grid,
+    monitor_interval,
+    plan_cells,
+    summarise,
+)
+
+CIFAR10_CELLS = {
+    "mocov2",
+    "mocov2_synco",
+    "mocov2_mochi",
+    "mocov2_ccrop",
+    "mocov2_synco_ccrop",
+    "simclr",
+    "simclr_ccrop",
+    "byol",
+    "byol_ccrop",
+    "simsiam",
+    "simsiam_ccrop",
+}
+
+TINY = [
+    "--data.train_subset",
+    "48",
+    "--data.eval_subset",
+    "20",
+    "--data.batch_size",
+    "16",
+    "--data.eval_batch_size",
+    "64",
+    "--model.augment.size",
+    "8",
+    "--trainer.precision",
+    "32-true",
+    "--trainer.enable_progress_bar",
+    "false",
+]
+"""Every cell's preset and plug-ins as at the smoke scale, on 48 images of 8 px."""
+
+
+def test_the_cifar10_grid_has_every_plugin_against_its_own_baseline() -> None:
+    grid = load_grid("cifar10")
+    cells = {e.name: e for e in grid.experiments}
+    assert set(cells) == CIFAR10_CELLS
+    for name, experiment in cells.items():
+        framework = name.split("_")[0]
+        assert experiment.preset == f"cifar10/{name}"
+        assert experiment.baseline == (None if name == framework else framework)
+        assert bool(experiment.plugins) == (experiment.baseline is not None)
+    assert cells["mocov2_synco_ccrop"].plugins == ("synthetic", "ccrop")
+    assert cells["simclr_ccrop"].published.value == 90.08  # SPEC.md section 4
+    assert cells["simsiam"].published.value == 76.4  # SPEC.md section 6
+    assert grid.scales["paper"].epochs == 500 and grid.scales["smoke"].epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("epochs", "preset", "expected"),
+    [(500, 10, 10), (200, 10, 10), (2, 10, 2), (12, 10, 6), (13, 10, 1), (25, 10, 5)],
+)
+def test_the_monitor_runs_after_the_last_epoch(epochs: int, preset: int, expected: int) -> None:
+    interval = monitor_interval(epochs, preset)
+    assert interval == expected
+    assert epochs % interval == 0 and interval <= preset
+
+
+def test_cells_are_fit_commands_of_the_presets_with_the_scales_options(tmp_path: Path) -> None:
+    grid = load_grid("cifar10")
+    cells = plan_cells(grid, "smoke", tmp_path, seeds=[0, 3], only=["*ccrop"], options=["--x", "1"])
+    assert [(c.experiment.name, c.seed) for c in cells][:2] == [
+        ("mocov2_ccrop", 0),
+        ("mocov2_ccrop", 3),
+    ]
+    assert {c.experiment.name for c in cells} == {n for n in CIFAR10_CELLS if n.endswith("ccrop")}
+    both = next(c for c in cells if c.experiment.name == "mocov2_synco_ccrop" and c.seed == 3)
+    args = list(both.arguments)
+    assert args[:2] == ["--config", "cifar10/mocov2_synco_ccrop"]
+    after = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    assert after["--model.synthetic_warmup_epochs"] == "1"
+    assert after["--model.crop.init_args.warmup_epochs"] == "1"
+    assert after["--data.train_subset"] == "1024" and after["--x"] == "1"
+    assert after["--trainer.max_epochs"] == "2"
+    assert after["--trainer.default_root_dir"] == str(tmp_path / "mocov2_synco_ccrop" / "seed3")
+    assert "--seed_everything=3" in args and "--model.seed=3" in args and args[-1] == "--resume"
+    assert args.index("--x") > args.index("--model.crop.init_args.interval")  # the user's last
+    plain = plan_cells(grid, "smoke", tmp_path, seeds=[0], only=["simclr"])[0]
+    assert not any("crop" in a or "synthetic" in a for a in plain.arguments)
+    paper = plan_cells(grid, "paper", tmp_path, seeds=[0], only=["byol"], epochs=200)[0]
+    assert "--data.train_subset" not in paper.arguments
+    assert paper.arguments[paper.arguments.index("--trainer.max_epochs") + 1] == "200"
+
+
+def test_mistakes_in_the_request_are_named(tmp_path: Path) -> None:
+    grid = load_grid("cifar10")
+    with pytest.raises(GridError, match="--only nothing.*matches no cell"):
+        plan_cells(grid, "smoke", tmp_path, [0], only=["nothing"])
+    with pytest.raises(GridError, match="--scale 'huge'.*paper"):
+        plan_cells(grid, "huge", tmp_path, [0])
+    with pytest.raises(GridError, match="neither a file nor a grid"):
+        load_grid("cifar11")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "dataset: cifar10\nscales: {smoke: {epochs: 1}}\n"
+        "cells: {a: {preset: cifar10/mocov2, baseline: b}}\n"
+    )
+    with pytest.raises(GridError, match="cell a: baseline 'b' is not a cell"):
+        load_grid(str(bad))
+    bad.write_text("dataset: cifar10\nscales: {smoke: {epochs: 1}}\ncells: {a: {preset: x/y}}\n")
+    with pytest.raises(GridError, match="cell a: no preset 'x/y'"):
+        load_grid(str(bad))
+
+
+def test_a_cell_started_with_other_options_is_refused(tmp_path: Path) -> None:
+    cell = plan_cells(load_grid("cifar10"), "smoke", tmp_path, [0], only=["mocov2"])[0]
+    CellState(["--config", "cifar10/mocov2", "--trainer.max_epochs", "9"]).write(cell)
+    with pytest.raises(GridError, match="run with other options.*another --out"):
+        CellState.read(cell)
+
+
+def _result(name: str, seed: int, knn: float, status: str = "done") -> CellResult:
+    return CellResult(name, seed, status, "", "", 10.0, knn, None, 60.0, 100.0)
+
+
+def test_the_table_pairs_each_plugin_with_its_baseline_seed_by_seed() -> None:
+    results = [
+        _result("mocov2", 0, 80.0),
+        _result("mocov2", 1, 82.0),
+        _result("mocov2", 2, 84.0),
+        _result("mocov2_synco", 0, 81.0),
+        _result("mocov2_synco", 1, 84.0),
+        _result("mocov2_synco", 2, 99.0, status="failed"),  # not finished: left out
+        _result("simclr", 0, 70.0),
+    ]
+    rows = {row["experiment"]: row for row in summarise(load_grid("cifar10"), results)}
+    assert set(rows) == {"mocov2", "mocov2_synco", "simclr"}
+    assert rows["mocov2"]["knn"] == {"n": 3, "mean": 82.0, "sd": 2.0}
+    synco = rows["mocov2_synco"]
+    assert synco["seeds_done"] == 2 and synco["seeds"] == 3
+    assert synco["knn"]["mean"] == 82.5 and math.isclose(synco["knn"]["sd"], 4.5**0.5)
+    delta = synco["knn_delta"]  # seeds 0 and 1: +1 and +2 (unpaired means would give +0.5)
+    assert delta["seeds"] == [0, 1] and delta["mean"] == 1.5
+    assert math.isclose(delta["sd"], 0.5**0.5)
+    assert rows["simclr"]["knn"] == {"n": 1, "mean": 70.0, "sd": None}
+    assert "knn_delta" not in rows["simclr"]
+    assert rows["mocov2"]["published"]["value"] == 84.7
+
+
+def reproduce(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "contrastlab", "reproduce", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def cell_state(out: Path, name: str) -> dict:
+    return json.loads((out / name / "seed0" / "cell.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
+    tmp_path: Path, tiny_cifar: Path
+) -> None:
+    out = tmp_path / "grid"
+    common = ["--out", str(out), "--data-root", str(tiny_cifar), "--device", "cpu"]
+    first = reproduce(*common, "--only", "mocov2", "--", *TINY)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert cell_state(out, "mocov2")["status"] == "done"
+
+    budgeted = reproduce(*common, "--budget-minutes", "0.15", "--", *TINY)
+    assert budgeted.returncode == 0, budgeted.stdout + budgeted.stderr
+    assert "budget spent" in budgeted.stdout and "run the same command again" in budgeted.stdout
+    assert "10 to run" in budgeted.stdout  # mocov2 was done
+    after_budget = json.loads((out / "results.json").read_text())
+    assert not after_budget["complete"]
+    interrupted = {c["experiment"]: c["status"] for c in after_budget["cells"]}
+    assert "stopped" in interrupted.values(), interrupted
+
+    final = reproduce(*common, "--", *TINY)
+    assert final.returncode == 0, final.stdout + final.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and {c["experiment"] for c in results["cells"]} == CIFAR10_CELLS
+    for cell in results["cells"]:
+        assert cell["status"] == "done" and 0 <= cell["knn_top1"] <= 100, cell
+        assert cell["knn_untrained"] is not None and cell["images_per_s"] > 0
+    assert cell_state(out, "mocov2")["starts"] == 1  # never rerun
+    for name, status in interrupted.items():  # done: not rerun; stopped: continued once
+        assert cell_state(out, name)["starts"] == (2 if status == "stopped" else 1), name
+    stopped = next(name for name, status in interrupted.items() if status == "stopped")
+    assert len(cell_state(out, stopped)["exit_codes"]) == 2
+    table = (out / "results.md").read_text()
+    for name in CIFAR10_CELLS:
+        assert f"| {name} | 1/1 |" in table
+    assert "vs mocov2 |" in table and "90.08 (linear top-1 after 500 epochs" in table
+    assert "contrastlab fit --config cifar10/byol_ccrop " in table
+    report = (out / "report.html").read_text()
+    assert "report/knn.png" in report and "simsiam_ccrop s0" in report
+    assert (out / "report" / "knn.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_retried(tmp_path: Path, tiny_cifar: Path) -> None:
+    out = tmp_path / "grid"
+    args = ["--out", str(out), "--data-root", str(tiny_cifar), "--only", "simclr"]
+    failed = reproduce(*args, "--", *TINY, "--model.queue_size", "40")  # SimCLR has no queue
+    assert failed.returncode == 1
+    assert "simclr seed 0: failed (exit" in failed.stdout and "queue_size" in failed.stdout
+    assert "failed (see their fit.log" in failed.stdout
+    state = cell_state(out, "simclr")
+    assert state["status"] == "failed" and state["starts"] == 1
+    again = reproduce(*args, "--", *TINY, "--model.queue_size", "40")
+    assert "1 to run" in again.stdout and cell_state(out, "simclr")["starts"] == 2
