@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
 
@@ -57,23 +58,30 @@ def read_run(path: str | Path) -> Run:
 
 
 def curve_figure(runs: list[Run], keys: list[str], title: str, xlabel: str) -> Figure | None:
-    """One axes per key in ``keys`` present in any run; every run a line, one legend."""
+    """One axes per key in ``keys`` present in any run; every run a line of its own colour
+    (tab20 beyond ten runs), one legend (below for a few runs, on the right for many)."""
     present = [k for k in keys if any(k in r.series for r in runs)]
     if not present:
         return None
-    figure = Figure(figsize=(5.5 * len(present), 3.6), layout="constrained")
+    many = len(runs) > 4
+    figure = Figure(figsize=(5.5 * len(present) + 2.5 * many, 3.6), layout="constrained")
     axes = figure.subplots(1, len(present), squeeze=False)[0]
+    palette = matplotlib.colormaps["tab20" if len(runs) > 10 else "tab10"].colors
     for axis, key in zip(axes, present, strict=True):
-        for run in runs:
+        for i, run in enumerate(runs):
             points = finite(run.series.get(key, []))
             if points:
                 x, y = zip(*points, strict=True)
-                axis.plot(x, y, label=run.name, marker="o" if len(x) < 30 else None, ms=3)
+                marker = "o" if len(x) < 30 else None
+                axis.plot(x, y, label=run.name, marker=marker, ms=3, color=palette[i % 20])
         axis.set_title(key, fontsize=9)
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=min(4, len(runs)))
+    if many:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
+    else:
+        figure.legend(handles, labels, loc="outside lower center", ncols=len(runs))
     figure.suptitle(title, fontsize=10)
     return figure
 

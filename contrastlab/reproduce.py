@@ -654,7 +654,7 @@ def results_markdown(summary: dict, grid: Grid) -> str:
             _spread(linear_delta, True) if linear_delta and linear_delta["n"] else ""
         )
         published = row["published"]
-        published_text = f"{published['value']:.2f} ({published['protocol']})" if published else ""
+        published_text = f"{published['value']:.2f}: {published['protocol']}" if published else ""
         wall = row["wall_s"]["mean"]
         lines.append(
             f"| {row['experiment']} | {row['seeds_done']}/{row['seeds']} | {_spread(row['knn'])} | "

@@ -15,6 +15,32 @@ from callbacks import StopAfterFirstEpoch  # noqa: F401 (conftest.StopAfterFirst
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+
+def device_from_environment(value: str | None) -> torch.device:
+    """``CONTRASTLAB_TEST_DEVICE``: ``cpu`` (the default) or ``cuda[:N]``, where the tests'
+    training runs (and the tensors of tests taking the ``device`` fixture) go."""
+    try:
+        device = torch.device(value or "cpu")
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"CONTRASTLAB_TEST_DEVICE={value!r}: expected cpu or cuda[:N]")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"CONTRASTLAB_TEST_DEVICE={value!r}, but torch sees no CUDA device")
+    return device
+
+
+TEST_DEVICE = device_from_environment(os.environ.get("CONTRASTLAB_TEST_DEVICE"))
+ACCELERATOR = ["--trainer.accelerator", "gpu" if TEST_DEVICE.type == "cuda" else "cpu"]
+"""The trainer option that puts the tests' training runs on :data:`TEST_DEVICE`."""
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """:data:`TEST_DEVICE`: tensors of device-independent checks go there."""
+    return TEST_DEVICE
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -98,8 +124,10 @@ QUIET_BATCHES_OF_16 = [
     "false",
     "--trainer.log_every_n_steps",
     "1",
+    *ACCELERATOR,
 ]
-"""CLI options of the tiny training runs: batches of 16, no progress bar, log every step."""
+"""CLI options of the tiny training runs: batches of 16, no progress bar, log every step, on
+the test device."""
 
 TINY_MOCO = ["--model.augment.size", "8", "--model.queue_size", "40", "--model.bn_splits", "2"]
 """CLI options of the tiny MoCo v2 runs: 8-px views, a queue of 40, two BN groups."""
@@ -155,5 +183,5 @@ def fit_run(run_dir: Path, data_root: Path, config: str, *options: str) -> dict:
     from contrastlab.runs.resume import load_checkpoint_file
 
     root = ["--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]
-    main(["fit", "--config", config, *root, *options])
+    main(["fit", "--config", config, *root, *ACCELERATOR, *options])
     return load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")

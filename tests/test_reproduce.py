@@ -204,7 +204,7 @@ def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
     table = (out / "results.md").read_text()
     for name in CIFAR10_CELLS:
         assert f"| {name} | 1/1 |" in table
-    assert "vs mocov2 |" in table and "90.08 (linear top-1 after 500 epochs" in table
+    assert "vs mocov2 |" in table and "90.08: linear top-1 after 500 epochs" in table
     assert "contrastlab fit --config cifar10/byol_ccrop " in table
     report = (out / "report.html").read_text()
     assert "report/knn.png" in report and "simsiam_ccrop s0" in report

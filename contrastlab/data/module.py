@@ -77,6 +77,15 @@ def seeded_subset(size: int, count: int | None, seed: int) -> torch.Tensor | Non
     return torch.randperm(size, generator=generator)[:count].sort().values
 
 
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of images should live on ``device`` by default: a GPU with at least
+    four times that much free memory (the rest is the training step's)."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return 4 * nbytes <= free
+
+
 class ContrastDataModule(pl.LightningDataModule):
     """Datasets as uint8 batches ``(images, dataset indices, labels or -1)``.
 
@@ -105,7 +114,9 @@ class ContrastDataModule(pl.LightningDataModule):
             device (nvJPEG on a GPU, for hosts with few cores per GPU). Photos are then decoded
             whole (nvJPEG has no DCT scaling); CMYK JPEGs and other formats stay with the
             workers.
-        on_device: keep in-memory datasets on the accelerator (no host-to-device copies).
+        on_device: keep in-memory datasets on the accelerator (no host-to-device copies);
+            by default (``None``) on a GPU when each split takes at most a quarter of its free
+            memory (CIFAR-10's training split is 150 MB), and never on the CPU.
         num_workers: data-loader workers (only useful with ``lazy``).
     """
 
@@ -119,7 +130,7 @@ class ContrastDataModule(pl.LightningDataModule):
         eval_subset: int | None = None,
         lazy: bool = False,
         working_size: int | None = None,
-        on_device: bool = False,
+        on_device: bool | None = None,
         num_workers: int = 0,
         eval_batch_size: int = 512,
         seed: int = 0,
@@ -240,8 +251,14 @@ class ContrastDataModule(pl.LightningDataModule):
 
     def _in_memory(self, images: ImageSet) -> InMemoryImages:
         dataset = InMemoryImages(images)
-        if self.on_device and self.trainer is not None:
-            dataset.to(self.trainer.strategy.root_device)
+        if self.trainer is None:
+            return dataset
+        device = self.trainer.strategy.root_device
+        wanted = self.on_device
+        if wanted is None:
+            wanted = fits_on_device(dataset.images.numel() * dataset.images.element_size(), device)
+        if wanted:
+            dataset.to(device)
         return dataset
 
     def _index(self, folder: Path) -> FolderIndex:

@@ -21,7 +21,7 @@ from contrastlab.distributed import gather_cat, world
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import build_backbone
 from contrastlab.precision import autocast_for
-from contrastlab.runs.checks import check_options
+from contrastlab.runs.checks import OptionError, check_options
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
 from contrastlab.views.crops import crop_and_resize
@@ -140,6 +140,16 @@ class DataWaitClock:
         return self.wait / (self.wait + self.busy) if self.busy > 0 else None
 
 
+def check_compile_backend(backend: str) -> None:
+    """``model.compile_backend`` must be one of torch.compile's backends."""
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise OptionError(
+            f"model.compile_backend = {backend!r}: expected one of torch.compile's backends "
+            f"({', '.join(b for b in known if 'TESTING' not in b)})"
+        )
+
+
 class ContrastiveMethod(pl.LightningModule):
     """What every framework shares. A framework implements :meth:`contrastive_loss`.
 
@@ -159,6 +169,10 @@ class ContrastiveMethod(pl.LightningModule):
         warmup_epochs: linear warm-up before the cosine decay (per step).
         knn_k, knn_t: the kNN monitor's neighbours and temperature.
         channels_last: NHWC memory layout (faster convolutions on most devices).
+        compile: ``torch.compile`` the networks of the training step (every backbone, head
+            and predictor, in place: checkpoints keep their keys) with ``compile_backend``
+            (``inductor``; ``aot_eager`` traces forward and backward without generating code).
+            The first steps are slower while it compiles; ``bench/compile.py`` measures it.
         seed: seeds the views (per process) and the initial state of the method.
         crop: where views are cropped: RandomResizedCrop when ``None``, else ContrastiveCrop
             (or SimCCrop), whose per-image boxes this module localises on schedule.
@@ -180,6 +194,8 @@ class ContrastiveMethod(pl.LightningModule):
         knn_k: int = 200,
         knn_t: float = 0.1,
         channels_last: bool = True,
+        compile: bool = False,
+        compile_backend: str = "inductor",
         seed: int = 0,
         crop: ContrastiveCrop | None = None,
     ) -> None:
@@ -188,6 +204,7 @@ class ContrastiveMethod(pl.LightningModule):
         crop = ContrastiveCrop(**crop) if isinstance(crop, dict) else crop
         self.save_hyperparameters(ignore=["crop"])
         check_options("model", {k: v for k, v in self.hparams.items() if not k.startswith("_")})
+        check_compile_backend(compile_backend)
         # plain values: checkpoints load with weights_only
         self.hparams["augment"] = asdict(augment)
         self.hparams["crop"] = crop.config() if crop is not None else None
@@ -239,11 +256,23 @@ class ContrastiveMethod(pl.LightningModule):
         self.views.reseed(self.hparams.seed * 1_000_003 + rank)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
+        if stage == "fit" and self.hparams.get("compile"):
+            for network in self.step_networks():
+                network.compile(backend=self.hparams.get("compile_backend", "inductor"))
         data = getattr(self._trainer, "datamodule", None)
         if stage == "fit" and hasattr(data, "attach_views"):
             data.attach_views(self.views.draw_boxes, self.augment.size)
         if self.crop is not None and stage == "fit":
             self.crop.reset(len(self._training_data().train_set))
+
+    def step_networks(self) -> list[nn.Module]:
+        """The networks the training step runs: every backbone, head and predictor."""
+        named = ("backbone", "head", "predictor", "key_", "target_")
+        return [
+            module
+            for name, module in self.named_children()
+            if name.startswith(named) and any(p.numel() for p in module.parameters())
+        ]
 
     def _training_data(self):
         data = getattr(self.trainer, "datamodule", None)

@@ -23,9 +23,9 @@ class CheckpointError(ValueError):
 
 # Options that only change what is measured or where data is read, never the trained state.
 HARMLESS_ON_RESUME = {
-    # backbone_weights only initialises a new run: a resumed one takes its weights from the
-    # checkpoint.
-    "model": {"knn_k", "knn_t", "backbone_weights"},
+    # backbone_weights only initialises a new run (a resumed one takes its weights from the
+    # checkpoint); compile only changes how the same step is executed.
+    "model": {"knn_k", "knn_t", "backbone_weights", "compile", "compile_backend"},
     "data": {"root", "download", "num_workers", "eval_batch_size", "eval_subset", "on_device"},
 }
 
