@@ -189,13 +189,20 @@ def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
     interrupted = {c["experiment"]: c["status"] for c in after_budget["cells"]}
     assert "stopped" in interrupted.values(), interrupted
 
-    final = reproduce(*common, "--", *TINY)
+    final = reproduce(*common, "--linear", "--", *TINY)
     assert final.returncode == 0, final.stdout + final.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and {c["experiment"] for c in results["cells"]} == CIFAR10_CELLS
     for cell in results["cells"]:
         assert cell["status"] == "done" and 0 <= cell["knn_top1"] <= 100, cell
         assert cell["knn_untrained"] is not None and cell["images_per_s"] > 0
+        assert 0 <= cell["linear_fast"] <= 100
+        saved = json.loads((Path(cell["run_dir"]) / "eval" / "linear_fast.json").read_text())
+        assert saved["top1"] == cell["linear_fast"]
+    rows = {row["experiment"]: row for row in results["experiments"]}
+    synco, base = rows["mocov2_synco"], rows["mocov2"]
+    expected = synco["linear"]["mean"] - base["linear"]["mean"]  # one seed each
+    assert math.isclose(synco["linear_delta"]["mean"], expected, abs_tol=1e-9)
     assert cell_state(out, "mocov2")["starts"] == 1  # never rerun
     for name, status in interrupted.items():  # done: not rerun; stopped: continued once
         assert cell_state(out, name)["starts"] == (2 if status == "stopped" else 1), name
