@@ -287,6 +287,8 @@ def reproduce(args: list[str]) -> None:
         summary = run_grid(request)
     except GridError as error:
         raise SystemExit(f"contrastlab reproduce: {error}") from None
+    if summary["stopped_by_signal"] is not None:
+        raise SystemExit(128 + summary["stopped_by_signal"])
     if any(c["status"] == "failed" for c in summary["cells"]):
         raise SystemExit(1)
 

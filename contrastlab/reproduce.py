@@ -465,6 +465,8 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
     """Run every unfinished cell of the request (in grid order, seeds inner), stopping cleanly
     when the budget is spent or on SIGINT/SIGTERM, then write ``results.json``, ``results.md``
     and ``report.html`` in the output folder. Returns the results."""
+    if request.device == "cuda" and not torch.cuda.is_available():
+        raise GridError("--device cuda: torch sees no CUDA device here")
     grid = load_grid(request.grid)
     out = request.output()
     cells = plan_cells(
@@ -507,6 +509,7 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
         "seeds": list(request.seeds),
         "protocol": grid.protocol,
         "complete": all(r.status == "done" for r in results),
+        "stopped_by_signal": stop.signum,
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(request.device),
         "experiments": summarise(grid, results),
@@ -534,7 +537,7 @@ def _outcome(cell: Cell, state: CellState) -> str:
         before = f"{untrained:.2f}% untrained -> " if untrained is not None else ""
         return f"done {took}, kNN top-1 {before}{final_knn(cell):.2f}%"
     if state.status == "stopped":
-        return f"stopped {took} (checkpointed; it continues on the next run)"
+        return f"stopped {took} (it continues from its last checkpoint on the next run)"
     return f"failed (exit {state.exit_codes[-1]}) {took}; the end of its log:\n{_tail(cell)}"
 
 
@@ -590,7 +593,8 @@ def _closing_lines(summary: dict, out: Path, stop: Stop, say) -> None:
     if summary["complete"]:
         say(f"all {done} cells done")
         return
-    why = "budget spent" if stop.budget_spent else "stopped" if stop.signum else "not complete"
+    why = "stopped by a signal" if stop.signum else "budget spent" if stop.budget_spent else ""
+    why = why or "not complete"
     say(f"{why}: {done} of {len(cells)} cells done; run the same command again to continue")
     if failed:
         say(f"failed (see their fit.log; the next run retries them): {', '.join(failed)}")

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +233,32 @@ def test_a_failing_cell_is_reported_and_retried(tmp_path: Path, tiny_cifar: Path
     assert state["status"] == "failed" and state["starts"] == 1
     again = reproduce(*args, "--", *TINY, "--model.queue_size", "40")
     assert "1 to run" in again.stdout and cell_state(out, "simclr")["starts"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_cell_after_it_saved_and_the_rerun_continues_it(
+    tmp_path: Path, tiny_cifar: Path
+) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, once the cell has
+    written its first checkpoint; the next run resumes that checkpoint."""
+    out = tmp_path / "grid"
+    args = ["--out", str(out), "--data-root", str(tiny_cifar), "--only", "simclr"]
+    args += ["--epochs", "20", "--", *TINY]
+    command = [sys.executable, "-m", "contrastlab", "reproduce", *args]
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint = out / "simclr" / "seed0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file() and runner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(runner.pid, signal.SIGINT)
+    stdout, _ = runner.communicate(timeout=300)
+    assert runner.returncode == 128 + signal.SIGINT, stdout
+    assert "stopped by a signal: 0 of 1 cells done" in stdout
+    state = cell_state(out, "simclr")
+    assert state["status"] == "stopped" and state["exit_codes"] == [128 + signal.SIGINT]
+    again = reproduce(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    state = cell_state(out, "simclr")
+    assert state["status"] == "done" and state["starts"] == 2
+    second_start = (out / "simclr" / "seed0" / "fit.log").read_text().split("\n$ ")[-1]
+    assert "Restored all states from the checkpoint" in second_start
