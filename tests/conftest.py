@@ -18,7 +18,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def device_from_environment(value: str | None) -> torch.device:
     """``CONTRASTLAB_TEST_DEVICE``: ``cpu`` (the default) or ``cuda[:N]``, where the tests'
-    training runs (and the tensors of tests taking the ``device`` fixture) go."""
+    training runs (and the tensors of the tests that import :data:`TEST_DEVICE`) go."""
     try:
         device = torch.device(value or "cpu")
     except RuntimeError:
@@ -33,12 +33,6 @@ def device_from_environment(value: str | None) -> torch.device:
 TEST_DEVICE = device_from_environment(os.environ.get("CONTRASTLAB_TEST_DEVICE"))
 ACCELERATOR = ["--trainer.accelerator", "gpu" if TEST_DEVICE.type == "cuda" else "cpu"]
 """The trainer option that puts the tests' training runs on :data:`TEST_DEVICE`."""
-
-
-@pytest.fixture
-def device() -> torch.device:
-    """:data:`TEST_DEVICE`: tensors of device-independent checks go there."""
-    return TEST_DEVICE
 
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,6 +1,7 @@
 import math
 
 import torch
+from conftest import TEST_DEVICE
 from torch.nn import functional as F
 
 from contrastlab.negatives import KeyQueue, infonce_logits, infonce_loss
@@ -41,12 +42,12 @@ def test_queue_initial_rows_are_unit_vectors():
 
 
 def test_queue_wraps_around_with_batch_not_dividing_size():
-    queue = KeyQueue(5, 2)
+    queue = KeyQueue(5, 2).to(TEST_DEVICE)
     pushed = []
     for step in range(4):  # 3 keys per step into 5 slots
         keys = torch.full((3, 2), float(step)) + torch.arange(3.0).view(3, 1) / 10
         idx = torch.arange(3) + 10 * step
-        queue.push(keys, idx)
+        queue.push(keys.to(TEST_DEVICE), idx.to(TEST_DEVICE))
         pushed += idx.tolist()
     # 12 keys written in order into a ring of 5: slot s holds key number s + 10 (mod 5 layout)
     expected = {s: pushed[max(i for i in range(12) if i % 5 == s)] for s in range(5)}
@@ -55,8 +56,10 @@ def test_queue_wraps_around_with_batch_not_dividing_size():
 
 
 def test_queue_push_larger_than_queue_keeps_newest():
-    queue = KeyQueue(4, 1)
-    queue.push(torch.arange(6.0).view(6, 1), torch.arange(6))
+    queue = KeyQueue(4, 1).to(TEST_DEVICE)
+    queue.push(
+        torch.arange(6.0, device=TEST_DEVICE).view(6, 1), torch.arange(6, device=TEST_DEVICE)
+    )
     assert sorted(queue.indices.tolist()) == [2, 3, 4, 5]
     # the next write lands on the oldest survivor (index 2)
     oldest = queue.indices.tolist().index(2)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
 from torch.nn import functional as F
 
 from contrastlab.negatives import KINDS, SyntheticNegatives
@@ -10,7 +11,9 @@ ONLY = {kind: {k: (8 if k == kind else 0) for k in KINDS} for kind in KINDS}
 
 
 def unit(*shape, seed=0):
-    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    """Seeded unit vectors on the test device (the same values on every device)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return F.normalize(x.to(TEST_DEVICE), dim=-1)
 
 
 def setup(batch=4, bank_size=60, dim=16, seed=0):
@@ -20,7 +23,8 @@ def setup(batch=4, bank_size=60, dim=16, seed=0):
 
 
 def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+    """The synthetics' generator, on the device they are drawn on."""
+    return torch.Generator(TEST_DEVICE).manual_seed(seed)
 
 
 @pytest.mark.parametrize("counts", [ONLY[k] for k in KINDS] + [{}], ids=[*KINDS, "all"])
@@ -81,8 +85,8 @@ def test_sources_come_from_the_top_n_pool_and_masking_removes_entries():
     for b in range(4):
         assert set(sources[b].tolist()) <= set(pool[b].tolist())
         assert len(set(sources[b].tolist())) >= 8  # uniform with replacement over 10
-    exclude = torch.zeros(4, 80, dtype=torch.bool)
-    exclude[torch.arange(4)[:, None], pool[:, :5]] = True  # hide the 5 hardest
+    exclude = torch.zeros(4, 80, dtype=torch.bool, device=TEST_DEVICE)
+    exclude.scatter_(1, pool[:, :5], True)  # hide the 5 hardest
     masked = _sources_of(synth.materialize(q, bank, exclude=exclude, generator=gen()), bank)
     for b in range(4):
         assert not set(masked[b].tolist()) & set(pool[b, :5].tolist())
@@ -190,14 +194,16 @@ def test_moco_loss_includes_masked_synthetics_after_warmup():
 
     synth = SyntheticNegatives(n_hard=6, interpolated=3, mixup=2, adversarial=2)
     model = MoCoV2(queue_size=20, proj_dim=16, synthetic=synth, synthetic_warmup_epochs=0)
+    model = model.to(TEST_DEVICE)
     model.queue.indices[:] = torch.arange(20)  # queue slot i holds image i
     q, _ = setup(batch=4, dim=16)
     k, negatives = unit(4, 16, seed=5), unit(20, 16, seed=6)
-    indices, labels = torch.tensor([0, 1, 2, 3]), torch.full((4,), -1)
+    indices = torch.tensor([0, 1, 2, 3], device=TEST_DEVICE)
+    labels = torch.full((4,), -1, device=TEST_DEVICE)
     torch.manual_seed(7)
     loss = model._infonce(q, k, negatives, indices, labels, first=False)
     torch.manual_seed(7)
-    same_image = indices[:, None] == torch.arange(20)[None, :]
+    same_image = indices[:, None] == torch.arange(20, device=TEST_DEVICE)[None, :]
     extra = synth(q, negatives, exclude=same_image)
     expected = infonce_loss(infonce_logits(q, k, negatives, extra), model.hparams.temperature)
     torch.testing.assert_close(loss, expected)
