@@ -261,8 +261,15 @@ def reproduce(args: list[str]) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (0)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the scale's")
     parser.add_argument("--only", nargs="+", default=[], help="cell name patterns (fnmatch)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--budget-minutes", type=float, default=None, help="stop cleanly after")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where cells train"
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="stop cleanly after this long (the running cell saves); rerun to continue",
+    )
     parser.add_argument("--linear", action="store_true", help="also the fast linear probe")
     parser.add_argument("--data-root", default=None, help="the dataset's root folder")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")

@@ -58,14 +58,21 @@ def read_run(path: str | Path) -> Run:
 
 
 def curve_figure(runs: list[Run], keys: list[str], title: str, xlabel: str) -> Figure | None:
-    """One axes per key in ``keys`` present in any run; every run a line of its own colour
-    (tab20 beyond ten runs), one legend (below for a few runs, on the right for many)."""
+    """One axes per key in ``keys`` present in any run (rows of four); every run a line of its
+    own colour (tab20 beyond ten runs), one legend (below for a few runs, on the right for
+    many)."""
     present = [k for k in keys if any(k in r.series for r in runs)]
     if not present:
         return None
     many = len(runs) > 4
-    figure = Figure(figsize=(5.5 * len(present) + 2.5 * many, 3.6), layout="constrained")
-    axes = figure.subplots(1, len(present), squeeze=False)[0]
+    columns = min(4, len(present))  # rows of at most four axes
+    rows = math.ceil(len(present) / columns)
+    size = (5.5 * columns + 2.5 * many, 3.6 * rows)
+    figure = Figure(figsize=size, layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False).ravel()
+    for unused in grid[len(present) :]:
+        unused.set_visible(False)
+    axes = grid[: len(present)]
     palette = matplotlib.colormaps["tab20" if len(runs) > 10 else "tab10"].colors
     for axis, key in zip(axes, present, strict=True):
         for i, run in enumerate(runs):
