@@ -12,12 +12,10 @@ each --precision, each in its own process; images/s is measured over the last --
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 
 import torch
-from throughput import timed_fit
+from throughput import child_result, report_result, timed_fit
 
 BACKBONES: dict[str, dict] = {
     "resnet18 (CIFAR stem)": {"backbone": "resnet18", "cifar_stem": True, "bn_splits": 8},
@@ -61,18 +59,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.backbone:
         args.precision = args.precision[-1]
-        print("RESULT " + json.dumps(run(args)))
+        report_result(run(args))
         return
     rows = []
     for precision in args.precision:
         for backbone in BACKBONES:
             command = [sys.executable, __file__, *sys.argv[1:], "--backbone", backbone]
             command += ["--precision", precision]
-            done = subprocess.run(command, capture_output=True, text=True)
-            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            if done.returncode or not line:
-                raise SystemExit(f"{backbone} failed:\n{done.stderr[-3000:]}")
-            rows.append((backbone, precision, json.loads(line[0][7:])))
+            rows.append((backbone, precision, child_result(command, backbone)))
             print(backbone, precision, rows[-1][2], flush=True)
     print(f"\nMoCo v2, batch {args.batch}, {args.device}\n")
     print("| backbone | parameters | precision | images/s | ratio to ResNet-18 |")

@@ -10,13 +10,11 @@ the warm-up, whose wall time is printed too).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 
 import torch
-from throughput import timed_fit
+from throughput import child_result, report_result, timed_fit
 
 VARIANTS = {
     "eager": {},
@@ -47,16 +45,12 @@ def main() -> None:
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
-        print("RESULT " + json.dumps(run(args)))
+        report_result(run(args))
         return
     rows = {}
     for variant in VARIANTS:
         command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        done = subprocess.run(command, capture_output=True, text=True)
-        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-        if done.returncode or not line:
-            raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-        rows[variant] = json.loads(line[0][7:])
+        rows[variant] = child_result(command, variant)
         print(variant, rows[variant], flush=True)
     base = rows["eager"]["images_per_sec"]
     print(f"\nMoCo v2, batch {args.batch}, {args.precision}, {args.device}\n")

@@ -163,12 +163,26 @@ def run_lightly(args: argparse.Namespace) -> dict:
     return {"images_per_sec": args.steps * args.batch / clock.elapsed()}
 
 
+def report_result(result: dict) -> None:
+    """A child process's answer to :func:`child_result` (one ``RESULT <json>`` line)."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def child_result(command: list[str], name: str) -> dict:
+    """Run one benchmark variant in its own process; its :func:`report_result` dict."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not line:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[0][len("RESULT ") :])
+
+
 def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     args.precision = args.precision[-1]
     result = (run_contrastlab if args.side == "contrastlab" else run_lightly)(args)
     result["peak_memory_mb"] = peak_memory_mb(torch.device(args.device))
-    print("RESULT " + json.dumps(result))
+    report_result(result)
 
 
 def main() -> None:
@@ -200,11 +214,7 @@ def main() -> None:
                 "--precision",
                 precision,
             ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            if done.returncode or not line:
-                raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-            rows.append((side, precision, json.loads(line[0][7:])))
+            rows.append((side, precision, child_result(command, side)))
             print(side, precision, rows[-1][2], flush=True)
     print("\n| side | precision | images/s | peak memory (MiB) | ratio to lightly fp32 |")
     print("| --- | --- | --- | --- | --- |")

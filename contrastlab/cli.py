@@ -277,18 +277,18 @@ def reproduce(args: list[str]) -> None:
     if o.budget_minutes is not None and o.budget_minutes <= 0:
         parser.error(f"--budget-minutes {o.budget_minutes}: expected a positive number")
     request = Request(
-        o.grid,
-        o.scale,
-        o.out,
-        tuple(o.seeds),
-        o.epochs,
-        tuple(o.only),
-        o.device,
-        o.budget_minutes,
-        o.linear,
-        o.data_root,
-        not o.no_report,
-        tuple(args[split + 1 :]),
+        grid=o.grid,
+        scale=o.scale,
+        out=o.out,
+        seeds=tuple(o.seeds),
+        epochs=o.epochs,
+        only=tuple(o.only),
+        device=o.device,
+        budget_minutes=o.budget_minutes,
+        linear=o.linear,
+        data_root=o.data_root,
+        report=not o.no_report,
+        options=tuple(args[split + 1 :]),
     )
     try:
         summary = run_grid(request)

@@ -17,6 +17,7 @@ import fnmatch
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -148,11 +149,7 @@ class Cell:
 
     @property
     def command(self) -> str:
-        return "contrastlab fit " + " ".join(_quote(a) for a in self.arguments)
-
-
-def _quote(argument: str) -> str:
-    return argument if all(c.isalnum() or c in "-_./=+:" for c in argument) else repr(argument)
+        return shlex.join(["contrastlab", "fit", *self.arguments])
 
 
 def monitor_interval(epochs: int, preset_interval: int) -> int:
@@ -270,19 +267,21 @@ class Stop:
 
 def run_cell(cell: Cell, state: CellState, stop: Stop, poll_s: float = 0.5) -> CellState:
     """Run (or continue) one cell as a ``contrastlab fit`` process whose output goes to
-    ``fit.log``; on a stop, send it SIGTERM, so that it saves its checkpoint and exits."""
+    ``fit.log``; when the budget is spent or the runner gets SIGTERM, send the cell SIGTERM,
+    so that it saves its checkpoint and exits. SIGINT is not passed on: a terminal's Ctrl-C
+    reaches the cell itself, and a second signal could end it after it restored its handlers."""
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     state.status, state.starts = "running", state.starts + 1
     state.write(cell)
     command = [sys.executable, "-m", "contrastlab", "fit", *cell.arguments]
-    start, signalled = time.monotonic(), False
+    start, signalled = time.monotonic(), False  # signalled: SIGTERM sent to the cell
     with (cell.run_dir / "fit.log").open("ab") as log:
         log.write(f"\n$ {cell.command}\n".encode())
         log.flush()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while process.poll() is None:
-            if stop.requested and not signalled:
+            if stop.requested and stop.signum != signal.SIGINT and not signalled:
                 process.send_signal(signal.SIGTERM)
                 signalled = True
             time.sleep(poll_s)
@@ -291,7 +290,7 @@ def run_cell(cell: Cell, state: CellState, stop: Stop, poll_s: float = 0.5) -> C
     state.exit_codes.append(code)
     if code == 0 and final_knn(cell) is not None:
         state.status = "done"
-    elif code in SIGNAL_EXITS or (signalled and code < 0):
+    elif code in SIGNAL_EXITS or (stop.requested and code < 0):
         state.status = "stopped"
     else:
         state.status = "failed"
@@ -309,11 +308,17 @@ def knn_points(cell: Cell) -> list[tuple[int, float]]:
     return [(int(r["epoch"]), float(r["knn/top1"])) for r in rows if r.get("knn/top1")]
 
 
-def final_knn(cell: Cell) -> float | None:
-    """The monitor's kNN after the last epoch of the schedule, or ``None``."""
+def final_knn(cell: Cell, points: list[tuple[int, float]] | None = None) -> float | None:
+    """The monitor's kNN after the last epoch of the schedule (from ``points``, else the
+    cell's record), or ``None``."""
     epochs = int(cell.arguments[cell.arguments.index("--trainer.max_epochs") + 1])
-    last = [v for e, v in knn_points(cell) if e == epochs - 1]
+    last = [v for e, v in (knn_points(cell) if points is None else points) if e == epochs - 1]
     return last[-1] if last else None
+
+
+def untrained_knn(points: list[tuple[int, float]]) -> float | None:
+    """The untrained encoder's kNN (the monitor's point at epoch -1), or ``None``."""
+    return next((v for e, v in points if e == -1), None)
 
 
 def images_per_second(cell: Cell) -> float | None:
@@ -338,15 +343,14 @@ class CellResult:
 
 def cell_result(cell: Cell, state: CellState) -> CellResult:
     points = knn_points(cell)
-    untrained = next((v for e, v in points if e == -1), None)
     return CellResult(
         cell.experiment.name,
         cell.seed,
         state.status,
         str(cell.run_dir),
         cell.command,
-        untrained,
-        final_knn(cell) if state.status == "done" else None,
+        untrained_knn(points),
+        final_knn(cell, points) if state.status == "done" else None,
         state.linear_fast,
         round(state.wall_s, 1),
         images_per_second(cell),
@@ -486,7 +490,7 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
         f"({len(cells) - len(todo)} done, {len(todo)} to run){budget}; output {out}"
     )
     stop = Stop(request.budget_minutes)
-    with _stop_on_signals(stop):
+    with _StopOnSignals(stop):
         durations: list[float] = []
         for position, i in enumerate(todo, 1):
             if stop.requested:
@@ -516,9 +520,9 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
         "cells": [asdict(r) for r in results],
     }
     _write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
-    _write_text(out / "results.md", results_markdown(summary, grid))
+    _write_text(out / "results.md", results_markdown(summary))
     if request.report:
-        _write_grid_report(cells, out, say)
+        _write_grid_report(cells, out)
     _closing_lines(summary, out, stop, say)
     return summary
 
@@ -533,9 +537,9 @@ def _outcome(cell: Cell, state: CellState) -> str:
     took = f"after {format_duration(state.wall_s)} in all"
     if state.status == "done":
         points = knn_points(cell)
-        untrained = next((v for e, v in points if e == -1), None)
+        untrained = untrained_knn(points)
         before = f"{untrained:.2f}% untrained -> " if untrained is not None else ""
-        return f"done {took}, kNN top-1 {before}{final_knn(cell):.2f}%"
+        return f"done {took}, kNN top-1 {before}{final_knn(cell, points):.2f}%"
     if state.status == "stopped":
         return f"stopped {took} (it continues from its last checkpoint on the next run)"
     return f"failed (exit {state.exit_codes[-1]}) {took}; the end of its log:\n{_tail(cell)}"
@@ -547,7 +551,13 @@ def _tail(cell: Cell, lines: int = 12) -> str:
     return "\n".join("    " + line[:300] for line in kept[-lines:])
 
 
-def _linear_probes(cells, states, request: Request, stop: Stop, say) -> None:
+def _linear_probes(
+    cells: list[Cell],
+    states: list[CellState],
+    request: Request,
+    stop: Stop,
+    say: Callable[[str], None],
+) -> None:
     """The fast linear probe (cached centre-view features) of every finished cell lacking
     one, on the cell's own data subsets; stored in ``cell.json``."""
     from contrastlab.evaluate import linear_probe
@@ -576,7 +586,7 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def _write_grid_report(cells: list[Cell], out: Path, say) -> None:
+def _write_grid_report(cells: list[Cell], out: Path) -> None:
     from contrastlab.report import write_report
 
     started = [c for c in cells if (c.run_dir / "metrics.csv").is_file()]
@@ -585,7 +595,7 @@ def _write_grid_report(cells: list[Cell], out: Path, say) -> None:
         write_report([c.run_dir for c in started], out, names=names, pictures=False)
 
 
-def _closing_lines(summary: dict, out: Path, stop: Stop, say) -> None:
+def _closing_lines(summary: dict, out: Path, stop: Stop, say: Callable[[str], None]) -> None:
     cells = summary["cells"]
     done = sum(c["status"] == "done" for c in cells)
     failed = [f"{c['experiment']} seed {c['seed']}" for c in cells if c["status"] == "failed"]
@@ -600,9 +610,9 @@ def _closing_lines(summary: dict, out: Path, stop: Stop, say) -> None:
         say(f"failed (see their fit.log; the next run retries them): {', '.join(failed)}")
 
 
-class _stop_on_signals:
-    """SIGINT/SIGTERM to the runner: stop after the running cell has saved (the cell gets
-    SIGTERM from :func:`run_cell`; on a terminal's Ctrl-C it has SIGINT already)."""
+class _StopOnSignals:
+    """SIGINT/SIGTERM to the runner: stop after the running cell has saved (SIGTERM is passed
+    on to it by :func:`run_cell`; a terminal's Ctrl-C reaches it directly)."""
 
     def __init__(self, stop: Stop) -> None:
         self.stop, self.previous = stop, {}
@@ -630,7 +640,7 @@ def _spread(spread: dict, signed: bool = False) -> str:
     return mean + (f" ± {spread['sd']:.2f}" if spread["sd"] is not None else "")
 
 
-def results_markdown(summary: dict, grid: Grid) -> str:
+def results_markdown(summary: dict) -> str:
     """The grid's table: one row per experiment, then one per cell with its command."""
     hw = summary["hardware"]
     lines = [
