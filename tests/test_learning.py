@@ -2,7 +2,8 @@
 must beat its own untrained encoder's kNN by a pinned margin (``tests/learning.py``).
 
 The margins sit well inside the gains measured over seeds, and each test fails on a broken
-method (a frozen queue, a zero learning rate, wrong positives):
+method (a frozen queue, a zero learning rate, wrong positives; SimSiam's missing
+stop-gradient is left to tests/test_frameworks.py, see bench/RESULTS.md):
 ``python bench/learning_margins.py`` measures both, ``bench/RESULTS.md`` has the table.
 Skipped, with the reason, when the real data is absent."""
 
