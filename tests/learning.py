@@ -73,27 +73,31 @@ class Recipe:
     margin: float | None
 
 
-TINY_CONVNEXT = (
-    "--model.backbone",
-    "timm/test_convnext",
-    "--model.backbone_kwargs",
-    '{"patch_size": 1}',
-    "--model.cifar_stem",
-    "false",
-    "--model.optimizer",
-    "adamw",
-    "--model.lr",
-    "0.002",
-    "--model.weight_decay",
-    "0.05",
-)
-"""BYOL and SimSiam train timm's 0.2 M-parameter test ConvNeXt (LayerNorm, 64 features, a 1 px
-stem so that 32 px images keep a 4x4 map) with AdamW, ConvNeXt's own optimiser. On the CIFAR
-ResNet-18 neither leaves the early dip within a CI-sized run: its BatchNorm, identity in the
-untrained encoder, costs about 4.7 kNN points once it holds the data's statistics (a zero
-learning rate alone does that), and without negatives BYOL and SimSiam take longer than MoCo to
-make that up (bench/RESULTS.md). A network without batch statistics has no such offset, so its
-whole gain is learning; its steps are also about 4x cheaper."""
+def tiny_convnext(lr: float) -> tuple[str, ...]:
+    """The options for timm's tiny test ConvNeXt with AdamW at ``lr``.
+
+    BYOL and SimSiam train timm's 0.2 M-parameter test ConvNeXt (LayerNorm, 64 features, a 1 px
+    stem so that 32 px images keep a 4x4 map) with AdamW, ConvNeXt's own optimiser. On the CIFAR
+    ResNet-18 neither leaves the early dip within a CI-sized run: its BatchNorm, identity in the
+    untrained encoder, costs about 4.7 kNN points once it holds the data's statistics (a zero
+    learning rate alone does that), and without negatives BYOL and SimSiam take longer than MoCo to
+    make that up (bench/RESULTS.md). A network without batch statistics has no such offset, so its
+    whole gain is learning; its steps are also about 4x cheaper."""
+    return (
+        "--model.backbone",
+        "timm/test_convnext",
+        "--model.backbone_kwargs",
+        '{"patch_size": 1}',
+        "--model.cifar_stem",
+        "false",
+        "--model.optimizer",
+        "adamw",
+        "--model.lr",
+        str(lr),
+        "--model.weight_decay",
+        "0.05",
+    )
+
 
 RECIPES: dict[str, Recipe] = {
     "mocov2": Recipe(
@@ -135,12 +139,12 @@ RECIPES: dict[str, Recipe] = {
     ),
     "byol": Recipe(
         "cifar10/byol",
-        TINY_CONVNEXT,
+        tiny_convnext(lr=0.002),
         margin=1.5,  # seeds 0-2 gained +5.40, +4.80, +3.70; a zero learning rate +0.00
     ),
     "simsiam": Recipe(
         "cifar10/simsiam",
-        (*TINY_CONVNEXT, "--model.lr", "0.001"),
+        tiny_convnext(lr=0.001),
         margin=0.5,  # seeds 0-4 gained +1.20, +3.70, +2.50, +2.70, +4.70; a zero lr +0.00
     ),
 }
