@@ -44,13 +44,32 @@ def full_precision(device: torch.device) -> AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+def cosine_with_warmup(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
     """Learning-rate factor: linear from ~0 to 1 over ``warmup`` steps, then
-    ``0.5 (1 + cos(pi * t))`` with ``t`` the fraction of the remaining steps done."""
+    ``floor + (1 - floor) 0.5 (1 + cos(pi * t))`` with ``t`` the fraction of the remaining steps
+    done (``floor`` 0.1 is the ContrastiveCrop recipes' ``decay_rate``: the cosine ends at 10%)."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def schedule_factor(
+    step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float, floor: float, interval: str
+) -> float:
+    """The learning-rate factor at optimiser step ``step``: :func:`cosine_with_warmup` over
+    steps (``interval="step"``), or once per epoch, constant within it: epoch ``e`` (from 0)
+    at ``floor + (1 - floor) 0.5 (1 + cos(pi (e + o) / epochs))`` with ``o = 0`` for
+    ``"epoch"`` (the value at the epoch's start: the ContrastiveCrop authors'
+    ``adjust_learning_rate``, whose last epoch stays above the floor) and ``o = 1`` for
+    ``"epoch_end"`` (MoCo's CIFAR-10 demo, whose last epoch trains at the floor)."""
+    if interval in ("epoch", "epoch_end"):
+        epoch = step // max(1, steps_per_epoch) + (interval == "epoch_end")
+        return cosine_with_warmup(epoch, epochs, int(warmup_epochs), floor)
+    if interval != "step":
+        raise ValueError(f"model.lr_interval = {interval!r}: expected step, epoch or epoch_end")
+    total = steps_per_epoch * epochs
+    return cosine_with_warmup(step, total, int(warmup_epochs * steps_per_epoch), floor)
 
 
 def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
@@ -166,8 +185,17 @@ class ContrastiveMethod(pl.LightningModule):
         optimizer: ``sgd`` (momentum ``sgd_momentum``) or ``adamw`` (betas 0.9, 0.999; the
             one that trains ViTs, with a warm-up).
         lr, weight_decay, sgd_momentum: ``lr`` is for the whole global batch.
-        warmup_epochs: linear warm-up before the cosine decay (per step).
+        warmup_epochs: linear warm-up before the cosine decay.
+        lr_floor: the cosine decays from ``lr`` to ``lr_floor * lr`` (0: to zero; the
+            ContrastiveCrop recipes end at 0.1).
+        lr_interval: the schedule moves every optimiser ``step``, or once an epoch at the
+            epoch's start (``epoch``: the ContrastiveCrop recipes) or end (``epoch_end``: MoCo's
+            CIFAR-10 demo); per epoch, ``warmup_epochs`` counts whole epochs.
+        zero_init_residual: the last BatchNorm of each residual branch starts at zero, so every
+            block starts as the identity (torchvision ResNets; the ContrastiveCrop SimSiam).
         knn_k, knn_t: the kNN monitor's neighbours and temperature.
+        knn_features: what the kNN monitor compares: the ``backbone``'s pooled features, or the
+            projection ``head``'s output (MoCo's CIFAR-10 demo reports kNN on its head).
         channels_last: NHWC memory layout (faster convolutions on most devices).
         compile: ``torch.compile`` the networks of the training step (every backbone, head
             and predictor, in place: checkpoints keep their keys) with ``compile_backend``
@@ -191,8 +219,12 @@ class ContrastiveMethod(pl.LightningModule):
         weight_decay: float = 5e-4,
         sgd_momentum: float = 0.9,
         warmup_epochs: float = 0.0,
+        lr_floor: float = 0.0,
+        lr_interval: Literal["step", "epoch", "epoch_end"] = "step",
+        zero_init_residual: bool = False,
         knn_k: int = 200,
         knn_t: float = 0.1,
+        knn_features: Literal["backbone", "head"] = "backbone",
         channels_last: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
@@ -201,7 +233,10 @@ class ContrastiveMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         augment = Augment(**augment) if isinstance(augment, dict) else augment
-        crop = ContrastiveCrop(**crop) if isinstance(crop, dict) else crop
+        saved_crop = isinstance(crop, dict)  # a checkpoint's: scale and ratio as it ran
+        crop = ContrastiveCrop(**crop) if saved_crop else crop
+        if crop is not None and not saved_crop:
+            crop.match_views(augment.scale, augment.ratio)
         self.save_hyperparameters(ignore=["crop"])
         check_options("model", {k: v for k, v in self.hparams.items() if not k.startswith("_")})
         check_compile_backend(compile_backend)
@@ -210,7 +245,7 @@ class ContrastiveMethod(pl.LightningModule):
         self.hparams["crop"] = crop.config() if crop is not None else None
         self.augment = augment
         self.backbone = build_backbone(
-            backbone, cifar_stem, bn_splits, backbone_kwargs, backbone_weights
+            backbone, cifar_stem, bn_splits, backbone_kwargs, backbone_weights, zero_init_residual
         )
         self.views = ViewSampler([augment, augment], box_sampler=crop, seed=seed)
         self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
@@ -324,6 +359,11 @@ class ContrastiveMethod(pl.LightningModule):
         first point of every kNN curve. Saved in checkpoints, so a resume does not redo it."""
         data = getattr(self.trainer, "datamodule", None)
         loaders = data.knn_dataloaders() if hasattr(data, "knn_dataloaders") else []
+        if not loaders and hasattr(data, "knn_dataloaders") and self.global_rank == 0:
+            self._say(
+                "contrastlab: no kNN monitor: the data has no labels (a flat folder, or no "
+                "labelled split); the loss and the report's curves are what this run shows"
+            )
         if not loaders or not self.trainer.limit_val_batches:
             return
         was_training = self.training
@@ -339,11 +379,15 @@ class ContrastiveMethod(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics({"knn/top1": self.knn_untrained, "epoch": -1}, step=0)
         if self.global_rank == 0:
-            bar = self.trainer.progress_bar_callback  # prints above its bar, if there is one
-            (bar.print if bar is not None else print)(
+            self._say(
                 f"contrastlab: kNN top-1 of the untrained encoder {self.knn_untrained:.2f}% "
                 f"(k={self.hparams.knn_k}, t={self.hparams.knn_t})"
             )
+
+    def _say(self, line: str) -> None:
+        """Print above the progress bar, if there is one."""
+        bar = self.trainer.progress_bar_callback
+        (bar.print if bar is not None else print)(line)
 
     def on_train_epoch_start(self) -> None:
         crop = self.crop
@@ -406,11 +450,19 @@ class ContrastiveMethod(pl.LightningModule):
             self.hparams.sgd_momentum,
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(self.hparams.warmup_epochs * steps_per_epoch)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, round(total / epochs))
+        hparams = self.hparams
 
         def factor(step: int) -> float:
-            return cosine_with_warmup(step, total, warmup)
+            return schedule_factor(
+                step,
+                steps_per_epoch,
+                epochs,
+                hparams.warmup_epochs,
+                hparams.get("lr_floor", 0.0),
+                hparams.get("lr_interval", "step"),
+            )
 
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, [(lambda step: 1.0) if f else factor for f in fixed]
@@ -421,8 +473,12 @@ class ContrastiveMethod(pl.LightningModule):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features of un-augmented uint8 images (eval mode is the caller's)."""
-        return self.backbone(self._layout(eval_view(images, self.augment))).float()
+        """The kNN monitor's features of un-augmented uint8 images: the backbone's, or the
+        projection head's output with ``knn_features="head"`` (eval mode is the caller's)."""
+        features = self.backbone(self._layout(eval_view(images, self.augment)))
+        if self.hparams.get("knn_features", "backbone") == "head":
+            features = self.head(features)
+        return features.float()
 
     def validation_step(
         self, batch: tuple[torch.Tensor, ...], batch_idx: int, dataloader_idx: int = 0

@@ -28,7 +28,9 @@ class MoCoV2(ContrastiveMethod):
     both view orders, and both key sets are enqueued).
 
     Args:
-        proj_hidden, proj_dim: MLP head ``feature_dim -> proj_hidden -> proj_dim``.
+        proj_hidden, proj_dim: MLP head ``feature_dim -> proj_hidden -> proj_dim``; with
+            ``proj_hidden=None`` a linear head ``feature_dim -> proj_dim`` (MoCo v1, MoCo's
+            CIFAR-10 demo).
         queue_size: number of negative keys ``K`` (any size; not tied to the batch).
         momentum: key encoder EMA ``m``.
         temperature: ``T``.
@@ -46,7 +48,7 @@ class MoCoV2(ContrastiveMethod):
 
     def __init__(
         self,
-        proj_hidden: int = 512,
+        proj_hidden: int | None = 512,
         proj_dim: int = 128,
         queue_size: int = 4096,
         momentum: float = 0.99,

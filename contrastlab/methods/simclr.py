@@ -22,6 +22,10 @@ class SimCLR(ContrastiveMethod):
         proj_hidden, proj_dim: MLP head ``feature_dim -> proj_hidden -> proj_dim``.
         proj_batch_norm: BatchNorm in the head's hidden layer.
         temperature: ``T`` (0.5 on CIFAR).
+        base_temperature: when set, the loss is multiplied by ``T / base_temperature``, as
+            the ContrastiveCrop authors' ``NT_Xent_dist`` does (0.5 / 0.07 = 7.14 in their
+            recipes). With SGD a loss scale ``c`` at ``(lr, wd)`` equals ``(c lr, wd / c)``
+            unscaled, so this is part of their learning rate; ``None``: no scale.
         synthetic: synthetic hard negatives made from each view's hardest in-batch negatives
             (its own column and its positive excluded); their logits join the denominator.
         synthetic_warmup_epochs: epochs of plain SimCLR before synthetics start.
@@ -35,6 +39,7 @@ class SimCLR(ContrastiveMethod):
         proj_dim: int = 128,
         proj_batch_norm: bool = False,
         temperature: float = 0.5,
+        base_temperature: float | None = None,
         synthetic: SyntheticNegatives | None = None,
         synthetic_warmup_epochs: float = 10.0,
         bn_splits: int = 1,
@@ -70,4 +75,11 @@ class SimCLR(ContrastiveMethod):
                 excluded = torch.isinf(logits)
                 excluded[torch.arange(len(z), device=z.device), positives] = True
                 synthetic_logits = self.synthetic(z, bank, z @ bank.T, excluded)
-            return ntxent_loss(logits, positives, self.hparams.temperature, synthetic_logits)
+            loss = ntxent_loss(logits, positives, self.hparams.temperature, synthetic_logits)
+            return loss * self.loss_scale
+
+    @property
+    def loss_scale(self) -> float:
+        """``T / base_temperature`` (1 without a base temperature)."""
+        base = self.hparams.get("base_temperature")
+        return 1.0 if base is None else self.hparams.temperature / base

@@ -28,11 +28,19 @@ class ResNetBackbone(nn.Module):
 
     ``cifar_stem=True`` swaps the 7x7/2 convolution and max-pool for a 3x3/1 convolution, the
     usual ResNet variant for 32-96 px images. ``bn_splits > 1`` uses :class:`SplitBatchNorm`
-    (simulates per-GPU batch statistics on one device). Submodule names are torchvision's, so
-    exported weights load into ``torchvision.models.<arch>`` with ``strict=True`` minus ``fc``.
+    (simulates per-GPU batch statistics on one device). ``zero_init_residual`` starts the last
+    BatchNorm's scale of every residual branch at 0 (torchvision's option: each block starts as
+    the identity). Submodule names are torchvision's, so exported weights load into
+    ``torchvision.models.<arch>`` with ``strict=True`` minus ``fc``.
     """
 
-    def __init__(self, arch: str = "resnet18", cifar_stem: bool = True, bn_splits: int = 1) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        cifar_stem: bool = True,
+        bn_splits: int = 1,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(
@@ -40,7 +48,9 @@ class ResNetBackbone(nn.Module):
                 f"as '{TIMM_PREFIX}<name>' (e.g. timm/vit_small_patch16_224)"
             )
         norm = (lambda c: SplitBatchNorm(c, bn_splits)) if bn_splits > 1 else nn.BatchNorm2d
-        net = getattr(torchvision.models, arch)(weights=None, norm_layer=norm)
+        net = getattr(torchvision.models, arch)(
+            weights=None, norm_layer=norm, zero_init_residual=zero_init_residual
+        )
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -198,6 +208,7 @@ def build_backbone(
     bn_splits: int = 1,
     kwargs: dict[str, Any] | None = None,
     weights: str | Path | None = None,
+    zero_init_residual: bool = False,
 ) -> ResNetBackbone | TimmBackbone:
     """``timm/<name>`` -> :class:`TimmBackbone`; a torchvision ResNet name ->
     :class:`ResNetBackbone` (``kwargs`` are timm's only; ``weights``: a local state dict of the
@@ -209,13 +220,18 @@ def build_backbone(
                 "(set --model.cifar_stem false, and e.g. img_size/patch_size in "
                 "--model.backbone_kwargs)"
             )
+        if zero_init_residual:
+            raise ValueError(
+                f"model.zero_init_residual=true applies to torchvision ResNets; {name} is a timm "
+                "model (pass its own option, if it has one, in --model.backbone_kwargs)"
+            )
         return TimmBackbone(name, kwargs, bn_splits, weights)
     if kwargs:
         raise ValueError(
             f"model.backbone_kwargs are passed to timm models only; {name!r} is a torchvision "
             f"ResNet (use '{TIMM_PREFIX}<name>' for a timm model)"
         )
-    backbone = ResNetBackbone(name, cifar_stem, bn_splits)
+    backbone = ResNetBackbone(name, cifar_stem, bn_splits, zero_init_residual)
     if weights is not None:
         state = read_backbone_weights(weights)
         check_weights_cover(backbone.net, state, weights)

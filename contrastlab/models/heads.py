@@ -5,9 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
+def mlp_head(
+    in_dim: int, hidden_dim: int | None, out_dim: int, batch_norm: bool = False
+) -> nn.Sequential:
     """MoCo v2 / SimCLR projection head:
-    ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)``."""
+    ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)``; with ``hidden_dim=None`` the
+    linear head ``Linear(in, out)`` of MoCo v1 and MoCo's CIFAR-10 demo."""
+    if hidden_dim is None:
+        return nn.Sequential(nn.Linear(in_dim, out_dim))
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=not batch_norm)]
     if batch_norm:
         layers.append(nn.BatchNorm1d(hidden_dim))
@@ -15,13 +20,18 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = Fals
     return nn.Sequential(*layers)
 
 
-def simsiam_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """SimSiam's CIFAR projector:
-    ``Linear(in, hidden) -> BN -> ReLU -> Linear(hidden, out) -> BN(affine=False)``."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim, bias=False),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, out_dim, bias=False),
-        nn.BatchNorm1d(out_dim, affine=False),
-    )
+def simsiam_projector(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """SimSiam's projector: ``layers - 1`` blocks ``Linear(no bias) -> BN -> ReLU`` of width
+    ``hidden``, then ``Linear(hidden, out, no bias) -> BN(affine=False)``. Two layers is the
+    common CIFAR variant; three is the paper's (and the ContrastiveCrop authors', whose last
+    Linear keeps a frozen bias that the affine-free BN removes: no bias is the same network)."""
+    if layers not in (2, 3):
+        raise ValueError(f"model.proj_layers = {layers}: expected 2 or 3")
+    blocks: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(width, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim)]
+        blocks.append(nn.ReLU(inplace=True))
+        width = hidden_dim
+    blocks += [nn.Linear(width, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False)]
+    return nn.Sequential(*blocks)

@@ -13,6 +13,8 @@ from torch import nn
 from contrastlab.views.crops import ImageSize, random_resized_boxes
 from contrastlab.views.localize import WHOLE_IMAGE, center_suppressed_boxes, check_box
 
+DEFAULT_SCALE, DEFAULT_RATIO = (0.2, 1.0), (3 / 4, 4 / 3)
+
 
 class ContrastiveCrop(nn.Module):
     """Center-suppressed crops around per-image object boxes, RandomResizedCrop before.
@@ -27,7 +29,10 @@ class ContrastiveCrop(nn.Module):
             CIFAR/STL/Tiny ImageNet, 0.6 on ImageNet; 1 is uniform).
         threshold: heatmap level ``k`` that delimits the object box.
         warmup_epochs, interval: the localisation schedule.
-        scale, ratio: crop area fraction and aspect range, as RandomResizedCrop.
+        scale, ratio: crop area fraction and aspect range, as RandomResizedCrop; unset, they
+            are the views' (:meth:`match_views`; RandomResizedCrop's (0.2, 1) and (3/4, 4/3)
+            until then), so ContrastiveCrop and its RandomResizedCrop baseline draw the same
+            crop sizes.
         fixed_box: SimCCrop: one fixed box for every image, no localisation.
     """
 
@@ -37,8 +42,8 @@ class ContrastiveCrop(nn.Module):
         threshold: float = 0.1,
         warmup_epochs: int = 100,
         interval: int = 100,
-        scale: tuple[float, float] = (0.2, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] | None = None,
         fixed_box: tuple[float, float, float, float] | None = None,
     ) -> None:
         super().__init__()
@@ -52,7 +57,9 @@ class ContrastiveCrop(nn.Module):
             raise ValueError(f"ContrastiveCrop.warmup_epochs must be >= 0, got {warmup_epochs}")
         self.alpha, self.threshold = float(alpha), float(threshold)
         self.warmup_epochs, self.interval = int(warmup_epochs), int(interval)
-        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.given = {"scale": scale is not None, "ratio": ratio is not None}
+        self.scale = tuple(scale) if scale is not None else DEFAULT_SCALE
+        self.ratio = tuple(ratio) if ratio is not None else DEFAULT_RATIO
         self.fixed_box = check_box(fixed_box) if fixed_box is not None else None
         self.register_buffer("boxes", torch.empty(0, 4))
         self.register_buffer("active", torch.tensor(False))
@@ -68,6 +75,21 @@ class ContrastiveCrop(nn.Module):
             "ratio": list(self.ratio),
             "fixed_box": list(self.fixed_box) if self.fixed_box is not None else None,
         }
+
+    def match_views(self, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+        """Take the views' crop ``scale`` and ``ratio`` where this sampler's are unset; a value
+        set here that differs from the views' is refused (a run with ContrastiveCrop would
+        otherwise draw other crop sizes than its RandomResizedCrop baseline, unsaid)."""
+        for name, views in (("scale", tuple(scale)), ("ratio", tuple(ratio))):
+            mine = getattr(self, name)
+            if not self.given[name]:
+                setattr(self, name, views)
+            elif any(abs(a - b) > 1e-9 for a, b in zip(mine, views, strict=True)):
+                raise ValueError(
+                    f"model.crop.{name} = {list(mine)} differs from the views' "
+                    f"model.augment.{name} = {list(views)}: ContrastiveCrop takes the views' "
+                    f"{name} when its own is unset; set one of them, or both alike"
+                )
 
     @property
     def localizes(self) -> bool:
@@ -124,8 +146,8 @@ class SimCCrop(ContrastiveCrop):
         alpha: float = 0.1,
         box: tuple[float, float, float, float] = (0.25, 0.25, 0.75, 0.75),
         warmup_epochs: int = 0,
-        scale: tuple[float, float] = (0.2, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        scale: tuple[float, float] | None = None,
+        ratio: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(
             alpha=alpha, warmup_epochs=warmup_epochs, scale=scale, ratio=ratio, fixed_box=box
