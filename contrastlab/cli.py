@@ -243,6 +243,34 @@ def crops(args: list[str]) -> None:
     print(f"wrote {out}")
 
 
+def presets(args: list[str]) -> None:
+    """``contrastlab presets``: every preset with its card's title; ``contrastlab presets NAME``:
+    the preset's recipe card (each setting beside its source's, and why any differs)."""
+    import argparse
+
+    from contrastlab.presets import format_card, load_card
+
+    parser = argparse.ArgumentParser(
+        prog="contrastlab presets",
+        description="List the shipped presets, or print one preset's recipe card: each setting "
+        "beside the value its source (an author's configuration, or another preset) gives it, "
+        "with where the source states it and why any value differs.",
+    )
+    parser.add_argument("name", nargs="?", help="a preset, such as cifar10/simclr")
+    name = parser.parse_args(args).name
+    if name is None:
+        names = list_presets()
+        width = max(map(len, names))
+        for preset in names:
+            print(f"{preset:<{width}}  {load_card(preset).title}")
+        return
+    if preset_path(name) is None:
+        close = difflib.get_close_matches(name, list_presets(), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise SystemExit(f"contrastlab presets: no preset {name!r}{hint}")
+    print(format_card(name.removesuffix(".yaml")))
+
+
 def reproduce(args: list[str]) -> None:
     import argparse
 
@@ -331,7 +359,7 @@ def run(command: str, rest: list[str]) -> None:
     if command in handlers:
         handlers[command](rest)
     elif command == "presets":
-        print("\n".join(list_presets()))
+        presets(rest)
     else:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -46,6 +46,14 @@ COMMON = [
     "0.5",
     "--model.augment.grayscale_prob",
     "0.1",
+    # the schedule and statistics the margins were measured with, before the presets took the
+    # ContrastiveCrop authors' cosine floor, per-epoch steps and normalisation
+    "--model.lr_floor",
+    "0",
+    "--model.lr_interval",
+    "step",
+    "--model.augment.std",
+    "[0.2470, 0.2435, 0.2616]",
 ]
 """What every recipe shares: the CIFAR recipe's network (ResNet-18, CIFAR stem) at 32 px, with
 milder views than the recipe (crops of 40-100% of the image, colour jitter half the time,
@@ -132,6 +140,8 @@ RECIPES: dict[str, Recipe] = {
             "2",
             "--model.crop.init_args.interval",
             "1",
+            "--model.base_temperature",
+            "null",
         ),
         # seeds 0-2 gained +4.10, +5.50, +2.80; positives paired with another image -1.80
         # (at the recipe's T = 0.5 and lr 0.1, seed 0 ended at -1.10)
@@ -144,7 +154,14 @@ RECIPES: dict[str, Recipe] = {
     ),
     "simsiam": Recipe(
         "cifar10/simsiam",
-        tiny_convnext(lr=0.001),
+        # the projector the margin was measured with; zero-init residuals are a ResNet's
+        (
+            *tiny_convnext(lr=0.001),
+            "--model.proj_layers",
+            "2",
+            "--model.zero_init_residual",
+            "false",
+        ),
         margin=0.5,  # seeds 0-4 gained +1.20, +3.70, +2.50, +2.70, +4.70; a zero lr +0.00
     ),
 }
@@ -213,7 +230,7 @@ def zero_learning_rate() -> contextlib.AbstractContextManager:
     """Every optimiser step with a learning rate of 0 (BN statistics still move)."""
     from contrastlab.methods import base
 
-    def factor(step: int, total: int, warmup: int) -> float:
+    def factor(*args, **kwargs) -> float:
         return 0.0
 
     return patched(base, "cosine_with_warmup", factor)

@@ -79,7 +79,8 @@ def test_every_preset_is_a_valid_config(preset, capsys):
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
     framework = preset.split("/")[1].split("_")[0]
-    names = {"mocov2": "MoCoV2", "simclr": "SimCLR", "byol": "BYOL", "simsiam": "SimSiam"}
+    names = {"moco": "MoCoV2", "mocov2": "MoCoV2", "simclr": "SimCLR", "byol": "BYOL"}
+    names["simsiam"] = "SimSiam"
     assert f"class_path: contrastlab.methods.{names[framework]}" in out
     if "synco" in preset or "mochi" in preset:
         assert "class_path: contrastlab.negatives.SyntheticNegatives" in out
