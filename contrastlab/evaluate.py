@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from contrastlab.data.module import DEFAULT_SPLITS, ContrastDataModule
+from contrastlab.data.readers import DatasetError
 from contrastlab.eval.features import FeatureCache, Features, extract_features
 from contrastlab.eval.finetune import balanced_subset, finetune, parse_label_amount
 from contrastlab.eval.knn import knn_accuracy
@@ -87,7 +88,10 @@ class Evaluation:
         dataset = self.data.split_dataset(split, subset)
         features, labels = self.cache.features(self.model, dataset, self.device)
         if (labels < 0).any():
-            raise ValueError(f"{self.data.dataset} split {split!r} has no labels")
+            raise DatasetError(
+                f"{self.data.dataset} split {split!r} has no labels (a flat folder): kNN, "
+                "linear probes and fine-tuning need class sub-folders"
+            )
         return features, labels
 
     def save(self, name: str, result: dict) -> Path:

@@ -428,3 +428,97 @@ def test_a_new_box_store_reaches_the_next_epochs_crops_with_persistent_workers(t
         centre_y = (boxes[..., 0] + boxes[..., 2] / 2) / full[:, 0]
         centre_x = (boxes[..., 1] + boxes[..., 3] / 2) / full[:, 1]
         assert (centre_y >= 0.69).all() and (centre_x <= 0.31).all()
+
+
+# ------------------------------------------------------------------- labels and flat folders
+
+
+def solid_colour_folders(root, splits: dict[str, str]) -> None:
+    """``root/<split>/<class>/k.png``: class ``a`` red, ``b`` green, ``c`` blue (a few shades
+    each), so that even an untrained encoder tells the classes apart."""
+    colours = {"a": (220, 20, 20), "b": (20, 220, 20), "c": (20, 20, 220)}
+    for split, names in splits.items():
+        for name in names:
+            for k in range(8):
+                pixels = np.full((32, 32, 3), colours[name], dtype=np.uint8) + np.uint8(3 * k)
+                save_photo(root / split / name / f"{k}.png", pixels, "RGB", "PNG")
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_an_evaluation_split_missing_a_class_keeps_the_training_labels(tmp_path, lazy):
+    """train/ has classes a, b, c; val/ only a and c. Numbered per split, val's c would be
+    label 1 (train's b) and every c query wrong: an untrained encoder's kNN on solid colours
+    would be 50%, not 100%."""
+    solid_colour_folders(tmp_path / "data", {"train": "abc", "val": "ac"})
+    data = ContrastDataModule(
+        "folder",
+        root=str(tmp_path / "data"),
+        batch_size=8,
+        lazy=lazy,
+        working_size=32 if lazy else None,
+    )
+    data.setup("fit")
+    assert data.num_classes == 3
+    labels = [int(data.eval_set[i][2]) for i in range(len(data.eval_set))]
+    assert sorted(set(labels)) == [0, 2]
+    checkpoint = fit_run(
+        tmp_path / "run",
+        tmp_path / "data",
+        "cifar10/mocov2_quick",
+        "--data.dataset=folder",
+        f"--data.lazy={str(lazy).lower()}",
+        "--data.working_size=32",
+        "--data.train_subset=null",
+        "--data.eval_subset=null",
+        "--data.batch_size=8",
+        "--model.bn_splits=2",
+        "--model.queue_size=64",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=1",
+        "--trainer.enable_progress_bar=false",
+    )
+    assert checkpoint["contrastlab"]["knn_untrained"] == 100.0
+
+
+def test_an_evaluation_class_the_training_split_lacks_is_named(tmp_path):
+    solid_colour_folders(tmp_path, {"train": "ab", "val": "ac"})
+    data = ContrastDataModule("folder", root=str(tmp_path), batch_size=8)
+    with pytest.raises(
+        DatasetError,
+        match=r"val: class folder\(s\) c are not classes of the training split \(2 classes: a, b\)",
+    ):
+        data.setup("fit")
+
+
+def test_a_flat_folder_trains_resumes_and_says_why_there_is_no_knn(tmp_path, capsys):
+    """The README's promise: an unlabelled folder of photos trains (lazily, at native
+    resolution), its index is written and read back, the run resumes, and the evaluations
+    that need labels say so instead of failing obscurely."""
+    from contrastlab.cli import main
+
+    folder = tmp_path / "photos"
+    for path in write_photo_folder(tmp_path / "classes", copies=1, classes=2):
+        target = folder / f"{path.parent.name}_{path.name}"
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+    options = [
+        "--model.backbone=resnet18",
+        "--model.proj_hidden=512",
+        "--model.augment.size=32",
+        "--model.queue_size=64",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--trainer.strategy=auto",
+        "--trainer.enable_progress_bar=false",
+    ]
+    fit_run(tmp_path / "run", folder, "imagenet/mocov2", *options, "--trainer.max_epochs=1")
+    assert (folder / INDEX_NAME).is_file()
+    first = capsys.readouterr().out
+    assert first.count("no kNN monitor: the data has no labels") == 1
+    resumed = fit_run(
+        tmp_path / "run", folder, "imagenet/mocov2", *options, "--trainer.max_epochs=2", "--resume"
+    )
+    assert resumed["epoch"] == 1 and "no kNN monitor" not in capsys.readouterr().out
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit, match="has no labels \\(a flat folder\\)"):
+        main(["knn", "--checkpoint", checkpoint])

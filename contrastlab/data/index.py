@@ -29,7 +29,7 @@ import numpy as np
 
 from contrastlab.data.decode import check_image
 from contrastlab.data.errors import DatasetError
-from contrastlab.data.readers import IMAGE_SUFFIXES
+from contrastlab.data.readers import IMAGE_SUFFIXES, class_folders
 
 INDEX_NAME = ".contrastlab/index.npz"
 INDEX_VERSION = 1
@@ -113,9 +113,10 @@ def _list(root: Path) -> tuple[dict[str, tuple[int, os.stat_result]], list[str] 
     with contextlib.suppress(OSError):
         (root / INDEX_NAME).parent.mkdir(exist_ok=True)
     top = [e for e in os.scandir(root) if not e.name.startswith(".")]
-    subdirs = sorted(e.name for e in top if e.is_dir())
+    subdirs = class_folders(root)
     listed: dict[str, tuple[int, os.stat_result]] = {}
-    folders = [("", root.stat().st_mtime_ns)]
+    # the root as ".": an empty name would vanish from the saved text of a flat folder's index
+    folders = [(".", root.stat().st_mtime_ns)]
     if not subdirs:  # a flat folder: its own files only
         for entry in sorted(top, key=lambda e: e.name):
             if entry.is_file() and _is_image(entry.name):
@@ -292,6 +293,8 @@ def _entries_of(saved: dict) -> dict[str, _Entry]:
 
 
 def _is_fresh(root: Path, saved: dict) -> bool:
+    if len(saved["folders"]) != len(saved["folder_mtimes"]):
+        return False  # written by a version that lost a flat folder's root: rebuild it
     for folder, mtime in zip(saved["folders"], saved["folder_mtimes"], strict=True):
         try:
             if (root / folder).stat().st_mtime_ns != int(mtime):

@@ -22,6 +22,8 @@ from contrastlab.data.index import FolderIndex, folder_index
 from contrastlab.data.readers import (
     DatasetError,
     ImageSet,
+    align_labels,
+    class_folders,
     read_cifar,
     read_image_folder,
     read_stl10,
@@ -49,15 +51,34 @@ DEFAULT_SPLITS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def training_classes(root: Path) -> list[str] | None:
+    """An image folder dataset's class names: its training split's class folders (``None``
+    when it is flat)."""
+    return class_folders(_folder_split(root, "train")) or None
+
+
+def folder_split_labels(
+    root: Path, split: str, labels: torch.Tensor | None, classes: list[str] | None
+) -> torch.Tensor | None:
+    """A folder split's labels in the training split's numbering (:func:`align_labels`)."""
+    if split == "train":
+        return labels
+    return align_labels(labels, classes, training_classes(root), str(_folder_split(root, split)))
+
+
 def read_split(dataset: str, root: Path, split: str, working_size: int | None) -> ImageSet:
-    """Read one split of ``dataset`` into memory."""
+    """Read one split of ``dataset`` into memory (a folder's labels numbered as its training
+    split's classes)."""
     if dataset in ("cifar10", "cifar100"):
         return read_cifar(root, dataset, split)
     if dataset == "stl10":
         return read_stl10(root, split)
     if dataset == "tinyimagenet":
         return read_tiny_imagenet(root, split)
-    return read_image_folder(_folder_split(root, split), working_size)
+    images = read_image_folder(_folder_split(root, split), working_size)
+    labels = folder_split_labels(root, split, images.labels, images.classes)
+    classes = training_classes(root) if labels is not None else images.classes
+    return ImageSet(images.images, labels, classes)
 
 
 def _folder_split(root: Path, split: str) -> Path:
@@ -279,12 +300,15 @@ class ContrastDataModule(pl.LightningDataModule):
         if folder is None:
             return None
         index = self._index(folder)
-        if index.classes is not None:
+        labels = None if index.labels is None else torch.from_numpy(index.labels)
+        labels = folder_split_labels(root, split, labels, index.classes)
+        if split == "train" and index.classes is not None:
             self.num_classes = len(index.classes)
+        label_list = None if labels is None else labels.tolist()
         if views:
             sizes = torch.from_numpy(index.sizes)
-            return FolderViews(index.paths(), index.label_list(), sizes, self.decode_on_device)
-        return LazyImageFolder(index.paths(), index.label_list(), self._square_size())
+            return FolderViews(index.paths(), label_list, sizes, self.decode_on_device)
+        return LazyImageFolder(index.paths(), label_list, self._square_size())
 
     def _square_size(self) -> int:
         """The working size, or for native views the kNN splits' resize: ``256 / 224`` of the

@@ -7,6 +7,7 @@ structural problem raises :class:`DatasetError` naming the file and what was exp
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,12 +234,45 @@ def decode_image(path: Path, size: int | None = None) -> torch.Tensor:
     return image
 
 
+def class_folders(root: str | Path) -> list[str]:
+    """The class sub-folders of an image folder, sorted by name (their labels); hidden ones,
+    such as the index's ``.contrastlab/``, are not classes. Empty for a flat folder."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def align_labels(
+    labels: torch.Tensor | None,
+    classes: list[str] | None,
+    reference: list[str] | None,
+    where: str,
+) -> torch.Tensor | None:
+    """``labels`` of a split whose class folders are ``classes``, renumbered to the training
+    split's ``reference`` classes by name (a split may lack some of them: its labels still mean
+    the same classes). A class the training split lacks is an error naming it. Unchanged when
+    either split is unlabelled (a flat folder)."""
+    if labels is None or classes is None or reference is None or classes == reference:
+        return labels
+    unknown = [name for name in classes if name not in reference]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise DatasetError(
+            f"{where}: class folder(s) {shown} are not classes of the training split "
+            f"({len(reference)} classes: {', '.join(reference[:5])}"
+            f"{', ...' if len(reference) > 5 else ''})"
+        )
+    position = {name: i for i, name in enumerate(reference)}
+    mapping = torch.tensor([position[name] for name in classes], dtype=torch.int64)
+    return mapping[labels]
+
+
 def list_image_folder(root: str | Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """Files of an image folder: class sub-folders (sorted names = labels) or a flat folder."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: image folder not found")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    subdirs = [root / name for name in class_folders(root)]
     if subdirs:
         files, labels = [], []
         for label, sub in enumerate(subdirs):
