@@ -17,11 +17,19 @@ import torch
 from contrastlab.data.module import DEFAULT_SPLITS, ContrastDataModule
 from contrastlab.data.readers import DatasetError
 from contrastlab.eval.features import FeatureCache, Features, extract_features
-from contrastlab.eval.finetune import balanced_subset, finetune, parse_label_amount
+from contrastlab.eval.finetune import (
+    balanced_subset,
+    default_finetune_epochs,
+    finetune,
+    parse_label_amount,
+    subset_from_list,
+)
 from contrastlab.eval.knn import knn_accuracy
 from contrastlab.eval.linear import (
-    DEFAULT_PROBE_LR,
+    FAST_PROBE_BATCH,
+    PAPER_PROBE,
     ProbeResult,
+    choose_fast_lr,
     linear_on_features,
     linear_on_images,
 )
@@ -161,23 +169,33 @@ def linear_probe(
     mode: str = "fast",
     epochs: int = 100,
     lr: float | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     train_subset: int | None = None,
     eval_subset: int | None = None,
     root: str | None = None,
     device: str = "cpu",
 ) -> ProbeResult:
     """Linear probe of a checkpoint (see :mod:`contrastlab.eval.linear`); saved as
-    ``eval/linear_<mode>.json``. ``lr`` defaults to :data:`DEFAULT_PROBE_LR` of the mode."""
-    lr = DEFAULT_PROBE_LR.get(mode, 10.0) if lr is None else lr
+    ``eval/linear_<mode>.json``. Unset, ``lr`` and ``batch_size`` are the paper protocol's for
+    the dataset (:data:`PAPER_PROBE`), or for the fast mode the learning rate chosen on a
+    held-out slice of the training split (:func:`choose_fast_lr`) and batch 256."""
+    if mode not in ("fast", "paper"):
+        raise ValueError(f"unknown linear-probe mode {mode!r}; expected 'fast' or 'paper'")
     run = Evaluation.open(path, root, device)
     train_split, eval_split = run.splits(None, None)
     evaluation = run.features(eval_split, eval_subset)
     if mode == "fast":
         train = run.features(train_split, train_subset)
         classes = int(torch.cat([train[1], evaluation[1]]).max()) + 1
+        batch_size = batch_size or FAST_PROBE_BATCH
+        holdout = None
+        if lr is None:
+            lr, holdout = choose_fast_lr(train, classes, epochs, batch_size)
         result = linear_on_features(train, evaluation, classes, epochs, lr, batch_size)
-    elif mode == "paper":
+        result.holdout_top1 = holdout
+    else:
+        paper_lr, paper_batch = PAPER_PROBE[run.data.dataset]
+        lr, batch_size = lr or paper_lr, batch_size or paper_batch
         images = run.data.split_dataset(train_split, train_subset)
         if not hasattr(images, "images"):
             raise ValueError("the paper protocol needs an in-memory training split")
@@ -193,17 +211,15 @@ def linear_probe(
             lr,
             batch_size,
         )
-    else:
-        raise ValueError(f"unknown linear-probe mode {mode!r}; expected 'fast' or 'paper'")
     splits = {"train_split": train_split, "eval_split": eval_split}
-    run.save(f"linear_{mode}", {**result.to_dict(), **splits, "lr": lr, "batch_size": batch_size})
+    run.save(f"linear_{mode}", {**result.to_dict(), **splits})
     return result
 
 
 def finetune_checkpoint(
     path: str | Path,
     labels: str = "1%",
-    epochs: int = 30,
+    epochs: int | None = None,
     lr: float = 0.01,
     head_lr: float = 0.1,
     batch_size: int = 256,
@@ -212,15 +228,24 @@ def finetune_checkpoint(
     root: str | None = None,
     device: str = "cpu",
 ):
-    """Semi-supervised fine-tuning on a class-balanced subset of the labelled training split;
-    the result and the subset's indices are saved as ``eval/finetune_<labels>.json``."""
+    """Semi-supervised fine-tuning on a labelled subset of the training split: class-balanced
+    and seeded (``1%``, ``10%``, a count), or the images a subset file lists
+    (:func:`subset_from_list`); ``epochs`` defaults to SynCo's (60 for 1%, else 30). The result
+    and the subset's indices are saved as ``eval/finetune_<labels>.json``."""
     run = Evaluation.open(path, root, device)
     train_split, eval_split = run.splits(None, None)
     train = run.data.split_dataset(train_split)
     evaluation = run.data.split_dataset(eval_split, eval_subset)
     if not hasattr(train, "images") or not hasattr(evaluation, "images"):
         raise ValueError("fine-tuning needs in-memory splits")
-    labelled = balanced_subset(train.labels, parse_label_amount(labels), seed)
+    listed = Path(labels).is_file()
+    if listed:
+        names = run.data.split_file_names(train_split)
+        lines = Path(labels).read_text().splitlines()
+        labelled = subset_from_list(lines, names, len(train.labels), labels)
+    else:
+        labelled = balanced_subset(train.labels, parse_label_amount(labels), seed)
+    epochs = default_finetune_epochs(labels) if epochs is None else epochs
     classes = int(torch.cat([train.labels, evaluation.labels]).max()) + 1
     result = finetune(
         run.model,
@@ -237,7 +262,7 @@ def finetune_checkpoint(
         batch_size,
         seed,
     )
-    name = labels.replace("%", "pct")
+    name = Path(labels).stem if listed else labels.replace("%", "pct")
     extra = {"train_split": train_split, "eval_split": eval_split, "seed": seed}
     run.save(f"finetune_{name}", {**result.to_dict(), **extra})
     return result

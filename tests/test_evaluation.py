@@ -11,9 +11,19 @@ from conftest import QUIET_BATCHES_OF_16, write_cifar
 
 from contrastlab.cli import main
 from contrastlab.eval import features as features_module
-from contrastlab.eval.finetune import balanced_subset, parse_label_amount
+from contrastlab.eval.finetune import (
+    balanced_subset,
+    default_finetune_epochs,
+    parse_label_amount,
+    subset_from_list,
+)
 from contrastlab.eval.knn import knn_accuracy
-from contrastlab.eval.linear import linear_on_features, topk_accuracy
+from contrastlab.eval.linear import (
+    FAST_PROBE_LRS,
+    holdout_split,
+    linear_on_features,
+    topk_accuracy,
+)
 from contrastlab.evaluate import Evaluation, knn_grid
 from contrastlab.export import (
     backbone_state_dict,
@@ -191,9 +201,11 @@ def test_linear_on_features_learns_separable_classes():
 def test_linear_cli_fast_and_paper_modes_and_the_feature_cache(run_dir, capsys, monkeypatch):
     main(["linear", "--checkpoint", checkpoint(run_dir), "--epochs", "3", "--lr", "0.1"])
     out = capsys.readouterr().out
-    assert "linear probe (fast, last epoch of 3)" in out and "extra" in out
+    assert "linear probe (fast, 100 training and 20 evaluation images, lr 0.1, batch 256)" in out
+    assert "last epoch of 3 top-1" in out and "best epoch" in out
     saved = json.loads((run_dir / "eval" / "linear_fast.json").read_text())
     assert saved["mode"] == "fast" and saved["epochs"] == 3 and 0 <= saved["top1"] <= 100
+    assert saved["holdout_top1"] is None  # an lr given is not chosen
     cached = sorted((run_dir / "features").glob("*.pt"))
     assert len(cached) == 2  # training and evaluation splits
 
@@ -204,8 +216,42 @@ def test_linear_cli_fast_and_paper_modes_and_the_feature_cache(run_dir, capsys, 
     main(["linear", "--checkpoint", checkpoint(run_dir), "--epochs", "2", "--lr", "0.1"])
     monkeypatch.undo()
     main(["linear", "--checkpoint", checkpoint(run_dir), "--mode", "paper", "--epochs", "1"])
-    assert "linear probe (paper, last epoch of 1)" in capsys.readouterr().out
-    assert (run_dir / "eval" / "linear_paper.json").is_file()
+    assert "linear probe (paper, 100 training and 20 evaluation images, lr 10, batch 512)" in (
+        capsys.readouterr().out
+    )  # the ContrastiveCrop authors' CIFAR protocol
+    saved = json.loads((run_dir / "eval" / "linear_paper.json").read_text())
+    assert (saved["lr"], saved["batch_size"]) == (10.0, 512)
+
+
+def test_fast_probe_lr_is_chosen_on_held_out_training_images(run_dir, capsys, monkeypatch):
+    """Without --lr the fast probe trains each candidate on 90% of the training split and keeps
+    the best on the other 10%: the evaluation split plays no part in the choice."""
+    import contrastlab.evaluate as evaluate_module
+
+    seen = []
+    real = evaluate_module.choose_fast_lr
+
+    def spy(train, *args, **kwargs):
+        seen.append(train)
+        return real(train, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "choose_fast_lr", spy)
+    main(["linear", "--checkpoint", checkpoint(run_dir), "--epochs", "5"])
+    out = capsys.readouterr().out
+    saved = json.loads((run_dir / "eval" / "linear_fast.json").read_text())
+    train = Evaluation.open(checkpoint(run_dir)).features("train")
+    assert len(seen) == 1 and torch.equal(seen[0][0], train[0])  # only training features
+    scores = saved["holdout_top1"]
+    assert list(scores) == [str(lr) for lr in FAST_PROBE_LRS]
+    best = max(FAST_PROBE_LRS, key=lambda lr: (scores[str(lr)], -lr))
+    assert saved["lr"] == best and f"lr {best:g} (chosen on a held-out 10%" in out
+    # the held-out scores are those of a classifier trained on the other 90%
+    kept, held = holdout_split(len(train[1]))
+    assert len(held) == 10 and not set(kept.tolist()) & set(held.tolist())
+    again = linear_on_features(
+        (train[0][kept], train[1][kept]), (train[0][held], train[1][held]), 10, 5, best
+    )
+    assert again.top1 == pytest.approx(scores[str(best)])
 
 
 def test_feature_cache_key_changes_with_checkpoint_and_split(run_dir, tmp_path):
@@ -256,6 +302,28 @@ def test_balanced_subset_counts_and_seeds():
     for bad in ("0%", "150%", "-3", "ten"):
         with pytest.raises(ValueError):
             parse_label_amount(bad)
+
+
+def test_finetune_epochs_default_to_synco_and_subset_lists_name_images():
+    assert (default_finetune_epochs("1%"), default_finetune_epochs("10%")) == (60, 30)
+    assert default_finetune_epochs("500") == 30
+    names = ["train/a/n01_1.JPEG", "train/a/n01_2.JPEG", "train/b/n02_7.JPEG"]
+    chosen = subset_from_list(["n02_7.JPEG", "", " n01_1.JPEG ", "1"], names, 3, "f.txt")
+    assert chosen.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"f.txt: 2 line\(s\) name no image.*: n03_1.JPEG, 7"):
+        subset_from_list(["n03_1.JPEG", "7"], names, 3, "f.txt")
+    with pytest.raises(ValueError, match="this dataset has no file names: list indices"):
+        subset_from_list(["n01_1.JPEG"], None, 3, "f.txt")
+
+
+def test_finetune_cli_reads_a_subset_list(run_dir, tmp_path, capsys):
+    listed = tmp_path / "my_subset.txt"
+    listed.write_text("3\n1\n4\n1\n5\n9\n")
+    main(
+        ["finetune", "--checkpoint", checkpoint(run_dir), "--labels", str(listed), "--epochs", "1"]
+    )
+    saved = json.loads((run_dir / "eval" / "finetune_my_subset.json").read_text())
+    assert saved["labelled_indices"] == [1, 3, 4, 5, 9] and saved["epochs"] == 1
 
 
 def test_finetune_cli_saves_result_and_label_indices(run_dir, capsys):

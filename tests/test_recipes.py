@@ -327,10 +327,12 @@ def test_the_notebook_head_is_linear_and_its_knn_features_are_the_heads():
     assert [type(m).__name__ for m in model.head] == ["Linear"]
     assert (model.head[0].in_features, model.head[0].out_features) == (512, 128)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    features = model.features(images)
-    assert features.shape == (4, 128)
+    monitored = model.monitor_features(images)
+    assert monitored.shape == (4, 128)
+    assert torch.allclose(monitored, model.head(model.features(images)))
+    assert model.features(images).shape == (4, 512)  # what the evaluation commands measure
     model.hparams["knn_features"] = "backbone"
-    assert model.features(images).shape == (4, 512)
+    assert model.monitor_features(images).shape == (4, 512)
 
 
 # --------------------------------------------------------------------------- crop geometry

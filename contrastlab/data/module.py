@@ -24,6 +24,7 @@ from contrastlab.data.readers import (
     ImageSet,
     align_labels,
     class_folders,
+    list_image_folder,
     read_cifar,
     read_image_folder,
     read_stl10,
@@ -252,6 +253,17 @@ class ContrastDataModule(pl.LightningDataModule):
         return InMemoryImages(
             self._subset(read_split(self.dataset, root, split, self.working_size), subset)
         )
+
+    def split_file_names(self, split: str) -> list[str] | None:
+        """The file names of a folder dataset's split, in dataset order (``None`` for the
+        datasets that ship as arrays, such as CIFAR)."""
+        if self.dataset != "folder":
+            return None
+        root = self.data_root()
+        if self.lazy:
+            return [str(p) for p in self._index(_folder_split(root, split)).paths()]
+        files, _, _ = list_image_folder(_folder_split(root, split))
+        return [str(p) for p in files]
 
     def _read_optional(self, root: Path, split: str) -> ImageSet | None:
         if self.dataset == "folder" and not (root / split).is_dir():

@@ -10,6 +10,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +34,44 @@ def parse_label_amount(text: str) -> float | int:
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise ValueError(f"--labels {text!r}: expected a percentage such as 1% or a count such as 500")
+
+
+FINETUNE_EPOCHS = {"1%": 60, "10%": 30}
+"""SynCo's semi-supervised epochs (scripts/semisup_*: 60 for 1% of the labels, 30 for 10%);
+other amounts default to 30."""
+
+
+def default_finetune_epochs(labels: str) -> int:
+    return FINETUNE_EPOCHS.get(labels.strip(), 30)
+
+
+def subset_from_list(
+    lines: list[str], names: list[str] | None, count: int, where: str
+) -> torch.Tensor:
+    """Sorted dataset indices of the images a subset list names, one per line: an image's file
+    name (SimCLR's 1% / 10% ImageNet lists, e.g. ``n01440764_10026.JPEG``, matched to the
+    training split's file names without their folders) or a dataset index. Blank lines are
+    skipped; a name or index the split lacks is an error naming it."""
+    position = {} if names is None else {Path(n).name: i for i, n in enumerate(names)}
+    chosen, unknown = set(), []
+    for line in (x.strip() for x in lines):
+        if not line:
+            continue
+        if line.isdigit() and int(line) < count:
+            chosen.add(int(line))
+        elif line in position:
+            chosen.add(position[line])
+        else:
+            unknown.append(line)
+    if unknown:
+        hint = "" if names is not None else " (this dataset has no file names: list indices)"
+        raise ValueError(
+            f"{where}: {len(unknown)} line(s) name no image of the training split{hint}: "
+            + ", ".join(unknown[:5])
+        )
+    if not chosen:
+        raise ValueError(f"{where}: lists no image")
+    return torch.tensor(sorted(chosen), dtype=torch.int64)
 
 
 def balanced_subset(labels: torch.Tensor, amount: float | int, seed: int = 0) -> torch.Tensor:

@@ -372,7 +372,7 @@ class ContrastiveMethod(pl.LightningModule):
         with torch.no_grad(), self.precision_context():
             for loader, output in zip(loaders, outputs, strict=True):
                 for images, _, labels in loader:
-                    features = self.features(images.to(self.device, non_blocking=True))
+                    features = self.monitor_features(images.to(self.device, non_blocking=True))
                     output.append((features, labels.to(self.device)))
         self.train(was_training)
         self.knn_untrained = self._knn_top1(*outputs)
@@ -473,18 +473,24 @@ class ContrastiveMethod(pl.LightningModule):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The kNN monitor's features of un-augmented uint8 images: the backbone's, or the
-        projection head's output with ``knn_features="head"`` (eval mode is the caller's)."""
-        features = self.backbone(self._layout(eval_view(images, self.augment)))
+        """Backbone features of un-augmented uint8 images (eval mode is the caller's): what
+        every evaluation command (kNN, linear probes, fine-tuning) measures."""
+        return self.backbone(self._layout(eval_view(images, self.augment))).float()
+
+    @torch.no_grad()
+    def monitor_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The kNN monitor's features: :meth:`features`, or the projection head's output of
+        them with ``knn_features="head"`` (MoCo's CIFAR-10 notebook monitors its head)."""
+        features = self.features(images)
         if self.hparams.get("knn_features", "backbone") == "head":
-            features = self.head(features)
-        return features.float()
+            features = self.head(features).float()
+        return features
 
     def validation_step(
         self, batch: tuple[torch.Tensor, ...], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         images, _, labels = batch
-        self._knn_outputs[dataloader_idx].append((self.features(images), labels))
+        self._knn_outputs[dataloader_idx].append((self.monitor_features(images), labels))
 
     def on_validation_epoch_end(self) -> None:
         bank, evaluation = self._knn_outputs
