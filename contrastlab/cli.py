@@ -315,7 +315,19 @@ def reproduce(args: list[str]) -> None:
         default=None,
         help="stop cleanly after this long (the running cell saves); rerun to continue",
     )
-    parser.add_argument("--linear", action="store_true", help="also the fast linear probe")
+    parser.add_argument(
+        "--linear",
+        nargs="?",
+        const="fast",
+        choices=["fast", "paper"],
+        default=None,
+        help="also a linear probe of every cell: fast (cached features, lr chosen on held-out "
+        "training images; the default) or paper (the dataset's protocol on augmented images, "
+        "e.g. lr 10 and batch 512 on CIFAR, both the last and the best epoch reported)",
+    )
+    parser.add_argument(
+        "--probe-epochs", type=int, default=100, help="the linear probe's epochs (100)"
+    )
     parser.add_argument("--data-root", default=None, help="the dataset's root folder")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     o = parser.parse_args(args[:split])
@@ -331,6 +343,7 @@ def reproduce(args: list[str]) -> None:
         device=o.device,
         budget_minutes=o.budget_minutes,
         linear=o.linear,
+        probe_epochs=o.probe_epochs,
         data_root=o.data_root,
         report=not o.no_report,
         options=tuple(args[split + 1 :]),

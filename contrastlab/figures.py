@@ -46,7 +46,7 @@ def crop_picture(
     scale, ratio = (crop.scale, crop.ratio) if crop else (model.augment.scale, model.augment.ratio)
     model.eval()
     size = (images.shape[-2], images.shape[-1])
-    heat = heatmaps(model.backbone.feature_map(whole_view(images, model.augment)), size)
+    heat = heatmaps(model.backbone.saliency_map(whole_view(images, model.augment)), size)
     boxes = boxes_from_heatmaps(heat, threshold)
     generator = torch.Generator().manual_seed(seed)
     crops = torch.stack(

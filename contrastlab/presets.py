@@ -398,3 +398,15 @@ def format_card(name: str) -> str:
     if card.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in card.notes]
     return "\n".join(lines)
+
+
+def presets_table() -> str:
+    """The README's preset table, from the cards: each preset, whether it is its source's
+    recipe or contrastlab's own, and its card's title."""
+    lines = ["| preset | recipe | what (`contrastlab presets NAME` prints the card) |"]
+    lines.append("| --- | --- | --- |")
+    for name in list_presets():
+        card = load_card(name)
+        kind = "the source's" if card.kind == "source" else "contrastlab's"
+        lines.append(f"| `{name}` | {kind} | {card.title} |")
+    return "\n".join(lines)

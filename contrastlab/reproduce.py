@@ -50,8 +50,23 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Published:
+    """A source's figure and how it was measured: shown only beside cells that ran that
+    measurement (``metric``) for as many epochs (``epochs``), at a scale that runs the sources'
+    recipes."""
+
     value: float
     protocol: str
+    metric: str
+    epochs: int
+
+
+METRICS = {
+    "knn": "knn",
+    "linear_paper_last": "linear_last",
+    "linear_paper_best": "linear_best",
+}
+"""A published figure's measurement -> the grid row's value it stands beside (``linear_*``
+only when the cells ran the paper probe)."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +82,13 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Scale:
+    """A scale's epochs, options for every cell and per plug-in, and whether its cells run the
+    presets' own recipes (``comparable``: only then are published figures shown)."""
+
     epochs: int
     options: tuple[str, ...] = ()
     plugins: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    comparable: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,7 @@ def load_grid(name: str) -> Grid:
                 int(s["epochs"]),
                 tuple(str(o) for o in s.get("options") or ()),
                 {p: tuple(str(o) for o in opts) for p, opts in (s.get("plugins") or {}).items()},
+                bool(s.get("comparable", False)),
             )
             for key, s in raw["scales"].items()
         }
@@ -123,12 +143,21 @@ def load_grid(name: str) -> Grid:
 
 def _experiment(name: str, raw: dict) -> Experiment:
     published = raw.get("published")
+    if published and published["metric"] not in METRICS:
+        raise ValueError(f"cell {name}: published metric must be one of {sorted(METRICS)}")
     return Experiment(
         name,
         raw["preset"],
         raw.get("baseline"),
         tuple(raw.get("plugins") or ()),
-        Published(float(published["value"]), str(published["protocol"])) if published else None,
+        Published(
+            float(published["value"]),
+            str(published["protocol"]),
+            str(published["metric"]),
+            int(published["epochs"]),
+        )
+        if published
+        else None,
     )
 
 
@@ -210,6 +239,7 @@ def plan_cells(
                 str(run_dir),
                 f"--seed_everything={seed}",
                 f"--model.seed={seed}",
+                f"--data.seed={seed}",  # the data order and subsets vary with the seed too
                 "--resume",
             )
             cells.append(Cell(experiment, seed, run_dir, arguments))
@@ -226,7 +256,9 @@ class CellState:
     starts: int = 0
     wall_s: float = 0.0
     exit_codes: list[int] = field(default_factory=list)
-    linear_fast: float | None = None
+    linear: dict | None = None
+    """The linear probe's record (mode, last and best epoch's top-1, lr, batch, sizes)."""
+    linear_fast: float | None = None  # cells written before ``linear``: read, never written
 
     @classmethod
     def read(cls, cell: Cell) -> CellState:
@@ -336,9 +368,20 @@ class CellResult:
     command: str
     knn_untrained: float | None
     knn_top1: float | None
-    linear_fast: float | None
+    linear: dict | None
     wall_s: float
     images_per_s: float | None
+    knn_sizes: dict[str, int] | None = None
+
+
+def knn_sizes(cell: Cell) -> dict[str, int] | None:
+    """The monitor's bank, query and training-set sizes, as the cell's run logged them."""
+    _, rows = read_rows(cell.run_dir / "metrics.csv")
+    row = next((r for r in rows if r.get("knn/bank_images")), None)
+    if row is None:
+        return None
+    names = {"bank": "knn/bank_images", "query": "knn/query_images", "train": "knn/train_images"}
+    return {name: int(float(row[key])) for name, key in names.items() if row.get(key)}
 
 
 def cell_result(cell: Cell, state: CellState) -> CellResult:
@@ -351,9 +394,10 @@ def cell_result(cell: Cell, state: CellState) -> CellResult:
         cell.command,
         untrained_knn(points),
         final_knn(cell, points) if state.status == "done" else None,
-        state.linear_fast,
+        state.linear,
         round(state.wall_s, 1),
         images_per_second(cell),
+        knn_sizes(cell),
     )
 
 
@@ -381,17 +425,31 @@ def paired_difference(
     return Spread.of([ours[s] - baseline[s] for s in seeds]), seeds
 
 
-def summarise(grid: Grid, results: Sequence[CellResult]) -> list[dict]:
+def result_value(result: CellResult, key: str) -> float | None:
+    """A cell's ``knn_top1``, ``knn_untrained``, or its linear probe's last (``linear_last``) or
+    best epoch's (``linear_best``) top-1."""
+    if key in ("linear_last", "linear_best"):
+        linear = result.linear or {}
+        return linear.get("top1" if key == "linear_last" else "best_top1")
+    return getattr(result, key)
+
+
+def summarise(
+    grid: Grid, results: Sequence[CellResult], scale: str | None = None, epochs: int | None = None
+) -> list[dict]:
     """One row per experiment that has cells: kNN and linear spread over its finished seeds,
-    the seed-paired difference to its baseline, wall time and images/s, the published
-    number."""
+    the seed-paired difference to its baseline, wall time and images/s, the monitor's and the
+    probe's sizes and protocol, and the published figure where it is comparable: the scale
+    runs the recipes (``comparable``), for the figure's epochs, and the cells measured the
+    figure's metric (see :func:`comparable_published`)."""
 
     def by_seed(name: str, key: str) -> dict[int, float]:
-        return {
-            r.seed: getattr(r, key)
+        values = {
+            r.seed: result_value(r, key)
             for r in results
-            if r.experiment == name and r.status == "done" and getattr(r, key) is not None
+            if r.experiment == name and r.status == "done"
         }
+        return {seed: value for seed, value in values.items() if value is not None}
 
     rows = []
     for experiment in grid.experiments:
@@ -408,19 +466,50 @@ def summarise(grid: Grid, results: Sequence[CellResult]) -> list[dict]:
         for key, name in (
             ("knn_top1", "knn"),
             ("knn_untrained", "knn_untrained"),
-            ("linear_fast", "linear"),
+            ("linear_last", "linear"),
+            ("linear_best", "linear_best"),
         ):
             values = by_seed(experiment.name, key)
             row[name] = asdict(Spread.of(values.values()))
-            if experiment.baseline is not None and key != "knn_untrained":
+            if experiment.baseline is not None and key in ("knn_top1", "linear_last"):
                 delta, seeds = paired_difference(values, by_seed(experiment.baseline, key))
                 row[f"{name}_delta"] = {**asdict(delta), "seeds": seeds}
         done = [r for r in mine if r.status == "done"]
         row["wall_s"] = asdict(Spread.of([r.wall_s for r in done]))
         row["images_per_s"] = asdict(Spread.of([r.images_per_s for r in done if r.images_per_s]))
-        row["published"] = asdict(experiment.published) if experiment.published else None
+        row["knn_sizes"] = next((r.knn_sizes for r in done if r.knn_sizes), None)
+        probe = next((r.linear for r in done if r.linear), None)
+        row["linear_protocol"] = probe_protocol(probe) if probe else None
+        row["linear_mode"] = probe["mode"] if probe else None
+        shown = comparable_published(experiment.published, grid, scale, epochs, row)
+        row["published"] = asdict(shown) if shown else None
         rows.append(row)
     return rows
+
+
+def comparable_published(
+    published: Published | None, grid: Grid, scale: str | None, epochs: int | None, row: dict
+) -> Published | None:
+    """``published`` when the row measured what it measures: a scale that runs the presets'
+    recipes, the figure's number of epochs, and its metric among the row's values (a linear
+    figure only beside the paper probe)."""
+    if published is None or scale is None or not grid.scales[scale].comparable:
+        return None
+    if epochs != published.epochs:
+        return None
+    column = METRICS[published.metric]
+    if column.startswith("linear") and row.get("linear_mode") != "paper":
+        return None
+    return published if row.get(column, {}).get("n") else None
+
+
+def probe_protocol(linear: dict) -> str:
+    """The linear probe a cell ran, in words (mode, lr, batch, epochs, image counts)."""
+    mode = "paper probe (augmented images)" if linear["mode"] == "paper" else "fast probe"
+    return (
+        f"{mode}, lr {linear['lr']:g}, batch {linear['batch_size']}, {linear['epochs']} epochs, "
+        f"{linear['train_images']:,} training and {linear['eval_images']:,} evaluation images"
+    )
 
 
 def hardware(device: str) -> dict:
@@ -451,7 +540,9 @@ class Request:
     only: tuple[str, ...] = ()
     device: str = "auto"
     budget_minutes: float | None = None
-    linear: bool = False
+    linear: str | None = None
+    """``fast`` or ``paper``: the linear probe to run on every finished cell (none if unset)."""
+    probe_epochs: int = 100
     data_root: str | None = None
     report: bool = True
     options: tuple[str, ...] = ()
@@ -506,17 +597,19 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
         if request.linear:
             _linear_probes(cells, states, request, stop, say)
     results = [cell_result(c, s) for c, s in zip(cells, states, strict=True)]
+    epochs = request.epochs or grid.scales[request.scale].epochs
     summary = {
         "grid": grid.name,
         "scale": request.scale,
-        "epochs": request.epochs or grid.scales[request.scale].epochs,
+        "epochs": epochs,
         "seeds": list(request.seeds),
         "protocol": grid.protocol,
+        "comparable": grid.scales[request.scale].comparable,
         "complete": all(r.status == "done" for r in results),
         "stopped_by_signal": stop.signum,
         "date": time.strftime("%Y-%m-%d"),
         "hardware": hardware(request.device),
-        "experiments": summarise(grid, results),
+        "experiments": summarise(grid, results, request.scale, epochs),
         "cells": [asdict(r) for r in results],
     }
     _write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
@@ -558,28 +651,34 @@ def _linear_probes(
     stop: Stop,
     say: Callable[[str], None],
 ) -> None:
-    """The fast linear probe (cached centre-view features) of every finished cell lacking
-    one, on the cell's own data subsets; stored in ``cell.json``."""
+    """The linear probe (``request.linear``: ``fast`` on cached centre-view features, or the
+    ``paper`` protocol of the dataset) of every finished cell lacking one, on the cell's own
+    data subsets; stored in ``cell.json`` with both its last and best epoch."""
     from contrastlab.evaluate import linear_probe
     from contrastlab.runs.resume import load_checkpoint_file
 
     device = "cuda" if request.device != "cpu" and torch.cuda.is_available() else "cpu"
     for cell, state in zip(cells, states, strict=True):
-        if state.status != "done" or state.linear_fast is not None or stop.requested:
+        done_already = state.linear is not None and state.linear["mode"] == request.linear
+        if state.status != "done" or done_already or stop.requested:
             continue
         checkpoint = cell.run_dir / "checkpoints" / "last.ckpt"
         data = load_checkpoint_file(checkpoint).get("datamodule_hyper_parameters") or {}
         result = linear_probe(
             checkpoint,
-            "fast",
+            request.linear,
+            epochs=request.probe_epochs,
             train_subset=data.get("train_subset"),
             eval_subset=data.get("eval_subset"),
             root=request.data_root,
             device=device,
         )
-        state.linear_fast = result.top1
+        state.linear = result.to_dict()
         state.write(cell)
-        say(f"{cell.label}: linear probe (fast) top-1 {result.top1:.2f}%")
+        say(
+            f"{cell.label}: linear probe ({request.linear}) top-1 {result.top1:.2f}% last epoch, "
+            f"{result.best_top1:.2f}% best"
+        )
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -633,6 +732,9 @@ class _StopOnSignals:
 # ----------------------------------------------------------------------------- results.md
 
 
+EMPTY = {"n": 0, "mean": None, "sd": None}
+
+
 def _spread(spread: dict, signed: bool = False) -> str:
     if spread["mean"] is None:
         return ""
@@ -640,27 +742,54 @@ def _spread(spread: dict, signed: bool = False) -> str:
     return mean + (f" ± {spread['sd']:.2f}" if spread["sd"] is not None else "")
 
 
+def recipe_title(preset: str) -> str:
+    """The title of ``preset``'s recipe card (``contrastlab presets NAME`` prints the card)."""
+    from contrastlab.presets import load_card
+
+    try:
+        return load_card(preset).title
+    except (FileNotFoundError, ValueError):
+        return "(no recipe card)"
+
+
 def results_markdown(summary: dict) -> str:
     """The grid's table: one row per experiment, then one per cell with its command."""
     hw = summary["hardware"]
+    rows = summary["experiments"]
+    probes = sorted({row["linear_protocol"] for row in rows if row.get("linear_protocol")})
+    published_note = (
+        "A published figure stands only beside a row that ran its source's recipe and "
+        "measurement (epochs, metric, probe), with that protocol printed beside it."
+        if summary.get("comparable")
+        else f"No published figure at the {summary['scale']} scale: its cells do not run the "
+        "sources' recipes, so nothing here compares with a paper."
+    )
     lines = [
         f"# contrastlab reproduce: grid {summary['grid']}, scale {summary['scale']}",
         "",
-        f"{summary['epochs']} epochs, seeds {', '.join(map(str, summary['seeds']))}; "
-        f"{summary['date']}, {hw['device']} ({hw['cpu_cores']} CPU cores), torch {hw['torch']}, "
+        f"{summary['epochs']} epochs, seeds {', '.join(map(str, summary['seeds']))} (each seed "
+        f"sets the initialisation, the views, the data order and subsets); {summary['date']}, "
+        f"{hw['device']} ({hw['cpu_cores']} CPU cores), torch {hw['torch']}, "
         f"contrastlab {hw['contrastlab']}."
         + ("" if summary["complete"] else " **Not complete**: some cells have not finished."),
         "",
-        f"Protocol: {summary['protocol']}. Mean ± sample standard deviation over the finished "
-        "seeds; Δ is each experiment minus its baseline with the seeds paired (mean ± sd of the "
-        "per-seed differences). Linear: the fast probe on cached centre-view features "
-        "(`contrastlab linear --mode fast`), when asked for with `--linear`.",
+        f"kNN: {summary['protocol']}, with the bank, query and training-set sizes of each row. "
+        "Mean ± sample standard deviation over the finished seeds; Δ is each experiment minus "
+        "its baseline with the seeds paired (mean ± sd of the per-seed differences). "
+        + (
+            f"Linear: {'; '.join(probes)}; its last epoch, and its best epoch (chosen on the "
+            "evaluation split, as the ContrastiveCrop authors' DDP_linear.py reports it). "
+            if probes
+            else "Linear: not run (`--linear fast` or `--linear paper`). "
+        )
+        + published_note,
         "",
-        "| experiment | seeds done | kNN top-1 | untrained kNN | Δ kNN vs baseline | linear | "
-        "Δ linear | published | wall time per seed | images/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| experiment | seeds done | kNN top-1 | untrained kNN | Δ kNN vs baseline | "
+        "kNN bank / queries / training set | linear, last epoch | Δ linear | linear, best epoch | "
+        "published | wall time per seed | images/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in summary["experiments"]:
+    for row in rows:
         delta = row.get("knn_delta")
         delta_text = f"{_spread(delta, True)} vs {row['baseline']}" if delta and delta["n"] else ""
         linear_delta = row.get("linear_delta")
@@ -669,14 +798,21 @@ def results_markdown(summary: dict) -> str:
         )
         published = row["published"]
         published_text = f"{published['value']:.2f}: {published['protocol']}" if published else ""
+        sizes = row.get("knn_sizes") or {}
+        sizes_text = " / ".join(f"{sizes[k]:,}" for k in ("bank", "query", "train") if k in sizes)
         wall = row["wall_s"]["mean"]
         lines.append(
             f"| {row['experiment']} | {row['seeds_done']}/{row['seeds']} | {_spread(row['knn'])} | "
-            f"{_spread(row['knn_untrained'])} | {delta_text} | {_spread(row['linear'])} | "
-            f"{linear_delta_text} | {published_text} | "
+            f"{_spread(row['knn_untrained'])} | {delta_text} | {sizes_text} | "
+            f"{_spread(row['linear'])} | {linear_delta_text} | "
+            f"{_spread(row.get('linear_best') or EMPTY)} | {published_text} | "
             f"{format_duration(wall) if wall is not None else ''} | "
             f"{_spread(row['images_per_s'])} |"
         )
+    lines += ["", "## Recipes", "", "Each experiment's preset and its recipe card's title:", ""]
+    lines += [
+        f"- {row['experiment']}: `{row['preset']}`: {recipe_title(row['preset'])}" for row in rows
+    ]
     lines += [
         "",
         "## Cells",

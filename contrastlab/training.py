@@ -67,7 +67,9 @@ def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[st
         before = f"{untrained:.2f}% untrained" if untrained is not None else None
         after = f"{trained} after {trainer.current_epoch} epochs" if trained else None
         knn = " -> ".join(p for p in (before, after) if p)
-        parts.append(f"kNN top-1 {knn} (k={hp.get('knn_k')}, t={hp.get('knn_t')})")
+        protocol = getattr(pl_module, "knn_protocol", None)
+        about = protocol() if protocol else f"k={hp.get('knn_k')}, t={hp.get('knn_t')}"
+        parts.append(f"kNN top-1 {knn} ({about})")
     if "train/images_per_sec" in metrics:
         parts.append(f"images/s {float(metrics['train/images_per_sec']):.2f}")
     if "train/data_wait" in metrics:

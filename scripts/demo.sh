@@ -24,7 +24,9 @@ run = Path(sys.argv[1])
 _, rows = read_rows(run / "metrics.csv")
 knn = [(int(r["epoch"]), float(r["knn/top1"])) for r in rows if r.get("knn/top1")]
 (_, before), (epoch, after) = knn[0], knn[-1]
-print(f"\nkNN top-1 (k=200, t=0.1, 2,000 test images): untrained {before:.2f}% -> "
+sizes = next(r for r in rows if r.get("knn/bank_images"))
+bank, queries = int(float(sizes["knn/bank_images"])), int(float(sizes["knn/query_images"]))
+print(f"\nkNN top-1 (k=200, t=0.1, bank {bank:,}, queries {queries:,}): untrained {before:.2f}% -> "
       f"{after:.2f}% after {epoch + 1} epochs ({after - before:+.2f} points)")
 print(f"report: {(run / 'report.html').resolve()}")
 PY

@@ -382,3 +382,11 @@ def test_resolved_settings_hold_what_a_run_gets():
     assert settings["model.crop.scale"] is None  # the views' (0.2, 1.0) at run time
     assert settings["model.sgd_momentum"] == 0.9  # a constructor default
     assert "model.channels_last" not in settings and "trainer.default_root_dir" not in settings
+
+
+def test_the_readme_preset_table_is_the_cards():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- presets:begin -->\n")[1].split("\n<!-- presets:end -->")[0]
+    assert block == presets.presets_table()

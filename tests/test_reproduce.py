@@ -68,8 +68,11 @@ def test_the_cifar10_grid_has_every_plugin_against_its_own_baseline() -> None:
         assert experiment.baseline == (None if name == framework else framework)
         assert bool(experiment.plugins) == (experiment.baseline is not None)
     assert cells["mocov2_synco_ccrop"].plugins == ("synthetic", "ccrop")
-    assert cells["simclr_ccrop"].published.value == 90.08  # SPEC.md section 4
-    assert cells["simsiam"].published.value == 76.4  # SPEC.md section 6
+    simclr = cells["simclr_ccrop"].published  # SPEC.md section 4: the authors' probe
+    assert (simclr.value, simclr.metric, simclr.epochs) == (90.08, "linear_paper_best", 500)
+    # lightly's kNN figures belong to its own recipe, which no cell of this grid runs
+    assert [n for n, e in cells.items() if e.published] == ["simclr", "simclr_ccrop"]
+    assert grid.scales["paper"].comparable and not grid.scales["smoke"].comparable
     assert grid.scales["paper"].epochs == 500 and grid.scales["smoke"].epochs == 2
 
 
@@ -101,6 +104,7 @@ def test_cells_are_fit_commands_of_the_presets_with_the_scales_options(tmp_path:
     assert after["--trainer.max_epochs"] == "2"
     assert after["--trainer.default_root_dir"] == str(tmp_path / "mocov2_synco_ccrop" / "seed3")
     assert "--seed_everything=3" in args and "--model.seed=3" in args and args[-1] == "--resume"
+    assert "--data.seed=3" in args  # the data order and subsets vary with the seed
     assert args.index("--x") > args.index("--model.crop.init_args.interval")  # the user's last
     plain = plan_cells(grid, "smoke", tmp_path, seeds=[0], only=["simclr"])[0]
     assert not any("crop" in a or "synthetic" in a for a in plain.arguments)
@@ -136,8 +140,10 @@ def test_a_cell_started_with_other_options_is_refused(tmp_path: Path) -> None:
         CellState.read(cell)
 
 
-def _result(name: str, seed: int, knn: float, status: str = "done") -> CellResult:
-    return CellResult(name, seed, status, "", "", 10.0, knn, None, 60.0, 100.0)
+def _result(
+    name: str, seed: int, knn: float, status: str = "done", linear: dict | None = None
+) -> CellResult:
+    return CellResult(name, seed, status, "", "", 10.0, knn, linear, 60.0, 100.0)
 
 
 def test_the_table_pairs_each_plugin_with_its_baseline_seed_by_seed() -> None:
@@ -161,7 +167,33 @@ def test_the_table_pairs_each_plugin_with_its_baseline_seed_by_seed() -> None:
     assert math.isclose(delta["sd"], 0.5**0.5)
     assert rows["simclr"]["knn"] == {"n": 1, "mean": 70.0, "sd": None}
     assert "knn_delta" not in rows["simclr"]
-    assert rows["mocov2"]["published"]["value"] == 84.7
+    assert all(row["published"] is None for row in rows.values())  # no scale given
+
+
+def test_a_published_figure_stands_only_beside_its_own_protocol() -> None:
+    """The ContrastiveCrop paper's 90.08 is the best epoch of its probe after 500 epochs: shown
+    beside a paper-scale row that ran that probe for 500 epochs, and nowhere else."""
+    grid = load_grid("cifar10")
+    paper = {"mode": "paper", "top1": 88.0, "best_top1": 88.5, "lr": 10.0, "batch_size": 512}
+    paper |= {"epochs": 100, "train_images": 50000, "eval_images": 10000}
+    fast = {**paper, "mode": "fast", "lr": 1.0, "batch_size": 256}
+
+    def shown(scale: str, epochs: int, linear: dict | None) -> float | None:
+        results = [_result("simclr_ccrop", 0, 80.0, linear=linear)]
+        row = summarise(grid, results, scale, epochs)[0]
+        return row["published"]["value"] if row["published"] else None
+
+    assert shown("paper", 500, paper) == 90.08
+    assert shown("smoke", 500, paper) is None  # the smoke scale runs no recipe
+    assert shown("paper", 200, paper) is None  # 200 epochs are not the paper's 500
+    assert shown("paper", 500, fast) is None  # the fast probe is not the authors' probe
+    assert shown("paper", 500, None) is None  # no probe at all
+    row = summarise(grid, [_result("simclr_ccrop", 0, 80.0, linear=paper)], "paper", 500)[0]
+    assert row["linear"]["mean"] == 88.0 and row["linear_best"]["mean"] == 88.5
+    assert row["linear_protocol"] == (
+        "paper probe (augmented images), lr 10, batch 512, 100 epochs, 50,000 training and "
+        "10,000 evaluation images"
+    )
 
 
 def reproduce(*args: str) -> subprocess.CompletedProcess:
@@ -196,16 +228,18 @@ def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
     interrupted = {c["experiment"]: c["status"] for c in after_budget["cells"]}
     assert "stopped" in interrupted.values(), interrupted
 
-    final = reproduce(*common, "--linear", "--", *TINY)
+    final = reproduce(*common, "--linear", "--probe-epochs", "20", "--", *TINY)
     assert final.returncode == 0, final.stdout + final.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and {c["experiment"] for c in results["cells"]} == CIFAR10_CELLS
     for cell in results["cells"]:
         assert cell["status"] == "done" and 0 <= cell["knn_top1"] <= 100, cell
         assert cell["knn_untrained"] is not None and cell["images_per_s"] > 0
-        assert 0 <= cell["linear_fast"] <= 100
+        linear = cell["linear"]
+        assert linear["mode"] == "fast" and linear["epochs"] == 20 and 0 <= linear["top1"] <= 100
         saved = json.loads((Path(cell["run_dir"]) / "eval" / "linear_fast.json").read_text())
-        assert saved["top1"] == cell["linear_fast"]
+        assert saved["top1"] == linear["top1"] and saved["holdout_top1"]  # lr chosen held out
+        assert cell["knn_sizes"] == {"bank": 48, "query": 20, "train": 48}
     rows = {row["experiment"]: row for row in results["experiments"]}
     synco, base = rows["mocov2_synco"], rows["mocov2"]
     expected = synco["linear"]["mean"] - base["linear"]["mean"]  # one seed each
@@ -218,7 +252,12 @@ def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
     table = (out / "results.md").read_text()
     for name in CIFAR10_CELLS:
         assert f"| {name} | 1/1 |" in table
-    assert "vs mocov2 |" in table and "90.08: linear top-1 after 500 epochs" in table
+    assert "vs mocov2 |" in table and " | 48 / 20 / 48 | " in table
+    assert "90.08" not in table and "No published figure at the smoke scale" in table
+    assert "Linear: fast probe, lr " in table
+    assert (
+        "- simclr_ccrop: `cifar10/simclr_ccrop`: SimCLR on CIFAR-10 with ContrastiveCrop" in table
+    )
     assert "contrastlab fit --config cifar10/byol_ccrop " in table
     report = (out / "report.html").read_text()
     assert "report/knn.png" in report and "simsiam_ccrop s0" in report

@@ -70,6 +70,12 @@ def test_vit_feature_map_is_the_patch_tokens_on_their_grid():
     # why not after the final LayerNorm: there every token's channel sum is the bias sum (0)
     torch.testing.assert_close(normed.sum(-1), torch.zeros(2, 17), atol=1e-4, rtol=0)
     assert grid.sum(1).std() > 0.1
+    # ContrastiveCrop localises on each patch token's norm, which is never negative (the
+    # channel sum is d times the token's mean: signed)
+    saliency = backbone.saliency_map(x)
+    assert saliency.shape == (2, 1, 4, 4) and (saliency >= 0).all()
+    torch.testing.assert_close(saliency[:, 0], grid.norm(dim=1))
+    assert (grid.sum(1) < 0).any()
 
 
 def test_convnext_feature_map_is_the_last_stage():
@@ -103,7 +109,8 @@ def test_localisation_finds_content_in_one_corner(kind, fp32_decisions):
     assert not whole.all(), boxes
     assert (boxes[~whole] <= 0.65).all(), boxes  # (top, left, bottom, right) in the corner
     with torch.no_grad():
-        maps = model.eval().backbone.feature_map(model._layout(whole_view(images, model.augment)))
+        whole = model._layout(whole_view(images, model.augment))
+        maps = model.eval().backbone.saliency_map(whole)
     assert torch.equal(boxes, localize_boxes(maps, (32, 32), 0.5))
 
 

@@ -245,7 +245,11 @@ def test_the_untrained_encoder_is_the_first_knn_point(tmp_path, tiny_cifar, caps
     assert checkpoint["contrastlab"]["knn_untrained"] == pytest.approx(expected, abs=1e-4)
     trained = float(rows[-1]["knn/top1"])
     out = capsys.readouterr()
-    assert f"kNN top-1 of the untrained encoder {expected:.2f}%" in out.out
+    bank, queries = len(data.bank_set), len(data.eval_set)
+    sizes = f"bank {bank:,}, queries {queries:,}, training set {len(data.train_set):,}"
+    assert f"kNN top-1 of the untrained encoder {expected:.2f}% (k=200, t=0.1; {sizes})" in out.out
+    assert (rows[0]["knn/bank_images"], rows[0]["knn/query_images"]) == (str(bank), str(queries))
+    assert sizes in caplog.text  # the summary line says it too
     summary = f"kNN top-1 {expected:.2f}% untrained -> {trained:.2f}% after 2 epochs"
     assert summary in caplog.text  # Lightning's rank-zero log
     # the report's kNN curve starts there, at epoch 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict
@@ -247,6 +248,13 @@ class ContrastiveMethod(pl.LightningModule):
         self.backbone = build_backbone(
             backbone, cifar_stem, bn_splits, backbone_kwargs, backbone_weights, zero_init_residual
         )
+        if crop is not None and getattr(self.backbone, "token_model", False):
+            warnings.warn(
+                f"ContrastiveCrop on {backbone} is experimental: it localises on each patch "
+                "token's norm, and that a ViT's boxes find objects is not shown "
+                "(bench/vit_saliency.py)",
+                stacklevel=2,
+            )
         self.views = ViewSampler([augment, augment], box_sampler=crop, seed=seed)
         self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
         self._epoch_start = time.perf_counter()
@@ -255,6 +263,7 @@ class ContrastiveMethod(pl.LightningModule):
         self._epoch_steps = 0
         self._wait = DataWaitClock()
         self.knn_untrained: float | None = None  # kNN top-1 before the first step
+        self.knn_sizes: dict[str, int] = {}  # the monitor's bank, queries and training images
 
     # ------------------------------------------------------------------ hooks for frameworks
 
@@ -376,13 +385,27 @@ class ContrastiveMethod(pl.LightningModule):
                     output.append((features, labels.to(self.device)))
         self.train(was_training)
         self.knn_untrained = self._knn_top1(*outputs)
+        sizes = {f"knn/{name}_images": count for name, count in self.knn_sizes.items()}
         for logger in self.loggers:
-            logger.log_metrics({"knn/top1": self.knn_untrained, "epoch": -1}, step=0)
+            logger.log_metrics({"knn/top1": self.knn_untrained, **sizes, "epoch": -1}, step=0)
         if self.global_rank == 0:
             self._say(
                 f"contrastlab: kNN top-1 of the untrained encoder {self.knn_untrained:.2f}% "
-                f"(k={self.hparams.knn_k}, t={self.hparams.knn_t})"
+                f"({self.knn_protocol()})"
             )
+
+    def knn_protocol(self) -> str:
+        """What the monitor's kNN figure was computed with: ``k``, ``t``, the features, and
+        the bank, query and training-set sizes once it has run."""
+        text = f"k={self.hparams.knn_k}, t={self.hparams.knn_t}"
+        if self.hparams.get("knn_features", "backbone") == "head":
+            text += ", on the head's output"
+        sizes = self.knn_sizes
+        if sizes:
+            text += f"; bank {sizes['bank']:,}, queries {sizes['query']:,}"
+            if "train" in sizes:
+                text += f", training set {sizes['train']:,}"
+        return text
 
     def _say(self, line: str) -> None:
         """Print above the progress bar, if there is one."""
@@ -417,7 +440,7 @@ class ContrastiveMethod(pl.LightningModule):
             images = images.to(self.device, non_blocking=True)
             whole = whole_view(images, self.augment, None if boxes is None else boxes[0])
             with self.precision_context():
-                maps = self.backbone.feature_map(self._layout(whole))
+                maps = self.backbone.saliency_map(self._layout(whole))
             found_boxes.append(localize_boxes(maps, whole.shape[-2:], crop.threshold))
             found_indices.append(indices.to(self.device))
         crop.update(gather_cat(torch.cat(found_indices)), gather_cat(torch.cat(found_boxes)))
@@ -508,6 +531,10 @@ class ContrastiveMethod(pl.LightningModule):
         ``(features, labels)`` batches, gathered from every process."""
         bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
         eval_x, eval_y = (gather_cat(torch.cat(t)) for t in zip(*evaluation, strict=True))
+        self.knn_sizes = {"bank": len(bank_y), "query": len(eval_y)}
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(data, "train_set", None) is not None:
+            self.knn_sizes["train"] = len(data.train_set)
         return knn_accuracy(
             eval_x, eval_y, bank_x, bank_y, k=self.hparams.knn_k, temperature=self.hparams.knn_t
         )
@@ -524,6 +551,7 @@ class ContrastiveMethod(pl.LightningModule):
             "torch_rng": torch_states,
             "epoch_loss": (self._epoch_loss.detach().cpu(), self._epoch_steps),
             "knn_untrained": self.knn_untrained,
+            "knn_sizes": dict(self.knn_sizes),
         }
         if self._trainer is not None:  # what a resume compares against
             checkpoint["contrastlab"]["max_epochs"] = self.trainer.max_epochs
@@ -551,6 +579,7 @@ class ContrastiveMethod(pl.LightningModule):
                 state["epoch_loss"][1],
             )
         self.knn_untrained = state.get("knn_untrained")
+        self.knn_sizes = dict(state.get("knn_sizes") or {})
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 

@@ -3,7 +3,8 @@ model (``timm/<name>``).
 
 Every backbone has the same small interface, which is all the frameworks, the plug-ins and the
 evaluations use: ``backbone(x) -> (B, feature_dim)`` pooled features, ``feature_dim``, and
-``feature_map(x) -> (B, C, h, w)``, the spatial map that ContrastiveCrop localises objects on.
+``feature_map(x) -> (B, C, h, w)``, the last spatial map, and ``saliency_map(x) -> (B, 1, h, w)``,
+what ContrastiveCrop localises objects on.
 ``backbone.net`` is the wrapped network, whose ``state_dict`` the exports write.
 """
 
@@ -64,6 +65,11 @@ class ResNetBackbone(nn.Module):
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
+    def saliency_map(self, x: torch.Tensor) -> torch.Tensor:
+        """ContrastiveCrop's saliency: the last stage's channel sum ``sum_c F_c``
+        ``(B, 1, h, w)`` (after ReLU, so non-negative)."""
+        return self.feature_map(x).sum(dim=1, keepdim=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)
 
@@ -80,7 +86,12 @@ class TimmBackbone(nn.Module):
 
     :meth:`feature_map` is the last stage's map for convolutional models; for ViT-like models,
     whose features are tokens, it is the patch tokens (prefix tokens dropped) laid out on their
-    grid: our extension of ContrastiveCrop's localisation to ViTs.
+    grid. :meth:`saliency_map` is what ContrastiveCrop localises on: the channel sum for
+    convolutional maps (the paper's), and for tokens each patch token's L2 norm. Our extension
+    of ContrastiveCrop to ViTs, and experimental: the channel sum of the pre-norm residual
+    stream is ``d`` times each token's mean, a signed quantity (41% of an untrained ViT-Tiny's
+    map is negative); the norm is non-negative, but that a ViT's boxes find objects is not
+    shown (``bench/vit_saliency.py``).
     """
 
     def __init__(
@@ -135,6 +146,19 @@ class TimmBackbone(nn.Module):
             f"timm model {self.name!r} gives features of shape {tuple(features.shape)}; "
             "ContrastiveCrop needs a spatial map (a convolutional stage or patch tokens)"
         )
+
+    @property
+    def token_model(self) -> bool:
+        """Whether the features are tokens (a ViT-like model) rather than a convolutional map."""
+        return getattr(self.net, "patch_embed", None) is not None and hasattr(self.net, "blocks")
+
+    def saliency_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, h, w)``: the channel sum of a convolutional map; each patch token's L2 norm
+        for token models (experimental: see the class docstring)."""
+        grid = self.feature_map(x)
+        if self.token_model:
+            return grid.float().norm(dim=1, keepdim=True)
+        return grid.sum(dim=1, keepdim=True)
 
     def _token_grid(self, tokens: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
         patches = tokens[:, getattr(self.net, "num_prefix_tokens", 0) :]
