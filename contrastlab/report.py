@@ -153,6 +153,7 @@ def final_table(runs: list[Run]) -> str:
         "final loss",
         "untrained kNN top-1",
         "final kNN top-1",
+        "kNN bank / queries / training set",
         *sorted({k for r in runs for k in r.results}),
     ]
     rows = []
@@ -166,8 +167,9 @@ def final_table(runs: list[Run]) -> str:
             f"{loss[-1][1]:.3f}" if loss else "",
             f"{untrained:.2f}%" if untrained is not None else "",
             f"{trained[1]:.2f}%" if trained else "",
+            knn_sizes_text(run),
         ]
-        for name in columns[4:]:
+        for name in columns[5:]:
             result = run.results.get(name, {})
             top1 = result.get("top1")
             cells.append(f"{top1:.2f}% ({_label(result)})" if top1 is not None else "")
@@ -178,9 +180,20 @@ def final_table(runs: list[Run]) -> str:
     return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
 
 
+def knn_sizes_text(run: Run) -> str:
+    """``bank / queries / training set`` of the run's kNN monitor (as ``metrics.csv`` logged
+    them), or empty."""
+    keys = ("knn/bank_images", "knn/query_images", "knn/train_images")
+    sizes = [run.series[k][0][1] for k in keys if run.series.get(k)]
+    return " / ".join(f"{int(n):,}" for n in sizes)
+
+
 def _label(result: dict) -> str:
     if "mode" in result:
-        return f"linear {result['mode']}, last of {result['epochs']} epochs"
+        sizes = ""
+        if result.get("train_images"):
+            sizes = f", {result['train_images']:,} / {result['eval_images']:,} images"
+        return f"linear {result['mode']}, last of {result['epochs']} epochs{sizes}"
     return f"{result.get('labels', '?')} labels, last of {result.get('epochs', '?')} epochs"
 
 

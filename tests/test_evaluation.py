@@ -350,6 +350,7 @@ def test_report_of_one_run(run_dir):
     untrained = next(r for r in rows if r.get("knn/top1"))
     assert untrained["epoch"] == "-1"
     assert f"<td>{float(untrained['knn/top1']):.2f}%</td>" in page and "untrained kNN" in page
+    assert "<td>100 / 20 / 100</td>" in page  # the kNN bank, queries and training set
 
 
 def write_metrics(path: Path, rows: list[dict]) -> Path:
