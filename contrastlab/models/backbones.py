@@ -67,8 +67,8 @@ class ResNetBackbone(nn.Module):
 
     def saliency_map(self, x: torch.Tensor) -> torch.Tensor:
         """ContrastiveCrop's saliency: the last stage's channel sum ``sum_c F_c``
-        ``(B, 1, h, w)`` (after ReLU, so non-negative)."""
-        return self.feature_map(x).sum(dim=1, keepdim=True)
+        ``(B, 1, h, w)`` in float32 (after ReLU, so non-negative)."""
+        return self.feature_map(x).float().sum(dim=1, keepdim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.avgpool(self.feature_map(x)), 1)
@@ -155,9 +155,9 @@ class TimmBackbone(nn.Module):
     def saliency_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, h, w)``: the channel sum of a convolutional map; each patch token's L2 norm
         for token models (experimental: see the class docstring)."""
-        grid = self.feature_map(x)
+        grid = self.feature_map(x).float()  # summed in float32, as heatmaps() does
         if self.token_model:
-            return grid.float().norm(dim=1, keepdim=True)
+            return grid.norm(dim=1, keepdim=True)
         return grid.sum(dim=1, keepdim=True)
 
     def _token_grid(self, tokens: torch.Tensor, image_size: torch.Size) -> torch.Tensor:
