@@ -247,7 +247,8 @@ def build_backbone(
         if zero_init_residual:
             raise ValueError(
                 f"model.zero_init_residual=true applies to torchvision ResNets; {name} is a timm "
-                "model (pass its own option, if it has one, in --model.backbone_kwargs)"
+                "model: set --model.zero_init_residual false (and pass the model's own option, "
+                "if it has one, in --model.backbone_kwargs)"
             )
         return TimmBackbone(name, kwargs, bn_splits, weights)
     if kwargs:
