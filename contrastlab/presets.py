@@ -60,6 +60,7 @@ COMMON_REQUIRED = (
     "model.augment.blur_prob",
     "model.augment.mean",
     "model.augment.std",
+    "model.second_view",
     "data.dataset",
     "data.batch_size",
     "trainer.max_epochs",
@@ -67,11 +68,19 @@ COMMON_REQUIRED = (
 FRAMEWORK_REQUIRED = {
     "MoCoV2": ("queue_size", "momentum", "temperature", "proj_hidden", "proj_dim", "symmetric"),
     "SimCLR": ("temperature", "base_temperature", "proj_hidden", "proj_dim"),
-    "BYOL": ("proj_hidden", "proj_dim", "pred_hidden", "momentum", "momentum_schedule"),
+    "BYOL": (
+        "proj_hidden",
+        "proj_dim",
+        "pred_hidden",
+        "momentum",
+        "momentum_schedule",
+        "loss_scale",
+    ),
     "SimSiam": (
         "proj_hidden",
         "proj_dim",
         "proj_layers",
+        "proj_out_affine",
         "pred_hidden",
         "fixed_predictor_lr",
         "zero_init_residual",
@@ -349,7 +358,7 @@ def card_problems(card: Card) -> list[str]:
     problems += [
         f"{key}: its reference does not fix this setting"
         for key in required_keys(ours)
-        if key not in fixed and not (key == "model.crop" and "model.crop.class" in fixed)
+        if not any(k == key or k.startswith(f"{key}.") for k in fixed)
     ]
     return problems
 

@@ -62,6 +62,7 @@ class Published:
 
 METRICS = {
     "knn": "knn",
+    "knn_best": "knn_best",
     "linear_paper_last": "linear_last",
     "linear_paper_best": "linear_best",
 }
@@ -348,6 +349,13 @@ def final_knn(cell: Cell, points: list[tuple[int, float]] | None = None) -> floa
     return last[-1] if last else None
 
 
+def best_knn(points: list[tuple[int, float]]) -> float | None:
+    """The best kNN of the trained encoder over the monitor's evaluations (lightly's
+    ``max_accuracy``), or ``None``; the untrained point (epoch -1) does not count."""
+    trained = [v for e, v in points if e >= 0]
+    return max(trained) if trained else None
+
+
 def untrained_knn(points: list[tuple[int, float]]) -> float | None:
     """The untrained encoder's kNN (the monitor's point at epoch -1), or ``None``."""
     return next((v for e, v in points if e == -1), None)
@@ -372,6 +380,7 @@ class CellResult:
     wall_s: float
     images_per_s: float | None
     knn_sizes: dict[str, int] | None = None
+    knn_best: float | None = None
 
 
 def knn_sizes(cell: Cell) -> dict[str, int] | None:
@@ -398,6 +407,7 @@ def cell_result(cell: Cell, state: CellState) -> CellResult:
         round(state.wall_s, 1),
         images_per_second(cell),
         knn_sizes(cell),
+        best_knn(points) if state.status == "done" else None,
     )
 
 
@@ -426,8 +436,8 @@ def paired_difference(
 
 
 def result_value(result: CellResult, key: str) -> float | None:
-    """A cell's ``knn_top1``, ``knn_untrained``, or its linear probe's last (``linear_last``) or
-    best epoch's (``linear_best``) top-1."""
+    """A cell's ``knn_top1``, ``knn_best``, ``knn_untrained``, or its linear probe's last
+    (``linear_last``) or best epoch's (``linear_best``) top-1."""
     if key in ("linear_last", "linear_best"):
         linear = result.linear or {}
         return linear.get("top1" if key == "linear_last" else "best_top1")
@@ -465,6 +475,7 @@ def summarise(
         }
         for key, name in (
             ("knn_top1", "knn"),
+            ("knn_best", "knn_best"),
             ("knn_untrained", "knn_untrained"),
             ("linear_last", "linear"),
             ("linear_best", "linear_best"),
@@ -773,7 +784,9 @@ def results_markdown(summary: dict) -> str:
         f"contrastlab {hw['contrastlab']}."
         + ("" if summary["complete"] else " **Not complete**: some cells have not finished."),
         "",
-        f"kNN: {summary['protocol']}, with the bank, query and training-set sizes of each row. "
+        f"kNN: {summary['protocol']}, with the bank, query and training-set sizes of each row; "
+        "its last epoch, and its best evaluation (the monitor runs every "
+        "trainer.check_val_every_n_epoch epochs). "
         "Mean ± sample standard deviation over the finished seeds; Δ is each experiment minus "
         "its baseline with the seeds paired (mean ± sd of the per-seed differences). "
         + (
@@ -784,10 +797,11 @@ def results_markdown(summary: dict) -> str:
         )
         + published_note,
         "",
-        "| experiment | seeds done | kNN top-1 | untrained kNN | Δ kNN vs baseline | "
+        "| experiment | seeds done | kNN, last epoch | kNN, best epoch | untrained kNN | "
+        "Δ kNN vs baseline | "
         "kNN bank / queries / training set | linear, last epoch | Δ linear | linear, best epoch | "
         "published | wall time per seed | images/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         delta = row.get("knn_delta")
@@ -803,7 +817,8 @@ def results_markdown(summary: dict) -> str:
         wall = row["wall_s"]["mean"]
         lines.append(
             f"| {row['experiment']} | {row['seeds_done']}/{row['seeds']} | {_spread(row['knn'])} | "
-            f"{_spread(row['knn_untrained'])} | {delta_text} | {sizes_text} | "
+            f"{_spread(row.get('knn_best') or EMPTY)} | {_spread(row['knn_untrained'])} | "
+            f"{delta_text} | {sizes_text} | "
             f"{_spread(row['linear'])} | {linear_delta_text} | "
             f"{_spread(row.get('linear_best') or EMPTY)} | {published_text} | "
             f"{format_duration(wall) if wall is not None else ''} | "

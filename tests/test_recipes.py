@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import contrastlab.presets as presets
 from contrastlab.cli import main
-from contrastlab.methods import MoCoV2, SimCLR, SimSiam
+from contrastlab.methods import BYOL, MoCoV2, SimCLR, SimSiam
 from contrastlab.methods.base import schedule_factor
 from contrastlab.models.backbones import ResNetBackbone
 from contrastlab.presets import (
@@ -160,7 +160,7 @@ def authors_ntxent_dist(feat1, feat2, temperature: float, base_temperature: floa
 def preset_model(name: str):
     config = presets._settings_parser().parse_path(str(presets.preset_path(name))).as_dict()
     model = config["model"]
-    classes = {"SimCLR": SimCLR, "SimSiam": SimSiam, "MoCoV2": MoCoV2}
+    classes = {"SimCLR": SimCLR, "SimSiam": SimSiam, "MoCoV2": MoCoV2, "BYOL": BYOL}
     return classes[model["class_path"].rsplit(".", 1)[1]](**model["init_args"])
 
 
@@ -303,6 +303,90 @@ def test_simsiam_three_layer_projector_is_the_authors_network():
     theirs[6].bias.data.uniform_(-1, 1)  # the frozen bias, any value
     x = torch.randn(16, 512)
     assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def lightly_byol_step(model, views, scale: float = 1.0) -> torch.Tensor:
+    """One step of lightly's BYOLModel (cifar10_benchmark.py) from ``model``'s weights: SGD
+    lr 0.06 x 4, wd 5e-4 over backbone, projector and predictor, on
+    ``scale * 0.5 (-cos(p0, z1) - cos(p1, z0))``; returns the parameters after it."""
+    online = nn.ModuleList(
+        [copy.deepcopy(model.backbone), copy.deepcopy(model.head), copy.deepcopy(model.predictor)]
+    )
+    target = nn.Sequential(copy.deepcopy(model.target_backbone), copy.deepcopy(model.target_head))
+    sgd = torch.optim.SGD(online.parameters(), lr=0.06 * 4, momentum=0.9, weight_decay=5e-4)
+    backbone, head, predictor = online
+    p0, p1 = (predictor(head(backbone(x))) for x in views)
+    with torch.no_grad():
+        z0, z1 = (target(x) for x in views)
+    loss = 0.5 * (-F.cosine_similarity(p0, z1).mean() - F.cosine_similarity(p1, z0).mean())
+    (scale * loss).backward()
+    sgd.step()
+    return torch.cat([p.detach().flatten() for p in online.parameters()])
+
+
+def test_one_step_of_the_lightly_byol_preset_is_one_step_of_lightlys_recipe():
+    """loss_scale 0.25 is lightly's loss, a quarter of BYOL's (2 - 2 cos) + (2 - 2 cos)."""
+    torch.manual_seed(0)
+    model = preset_model("cifar10/lightly_byol")
+    views = [torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)]
+    theirs = lightly_byol_step(model, views)
+    theirs_unscaled = lightly_byol_step(model, views, scale=4.0)  # BYOL's own loss scale
+    loss = first_step(model, views, epochs=200)
+    ours = torch.cat(
+        [
+            p.detach().flatten()
+            for m in (model.backbone, model.head, model.predictor)
+            for p in m.parameters()
+        ]
+    )
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert not torch.allclose(ours, theirs_unscaled, atol=1e-4)
+    assert 0 <= float(loss.detach()) <= 2  # 0.25 (4 - 2 (cos + cos)) = 1 + lightly's loss
+
+
+def test_the_simsiam_projector_with_an_affine_output_is_lightlys():
+    torch.manual_seed(0)
+    ours = preset_model("cifar10/lightly_simsiam").head
+    assert ours[-1].affine is True
+    theirs = nn.Sequential(
+        nn.Linear(512, 2048, bias=False),
+        nn.BatchNorm1d(2048),
+        nn.ReLU(),
+        nn.Linear(2048, 2048, bias=False),
+        nn.BatchNorm1d(2048),
+    )
+    theirs.load_state_dict(ours.state_dict())
+    theirs[4].weight.data.uniform_(0.5, 1.5)
+    theirs[4].bias.data.uniform_(-1, 1)
+    ours.load_state_dict(theirs.state_dict())  # the affine is learnt: any value flows through
+    x = torch.randn(16, 512)
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    plain = preset_model("cifar10/simsiam").head
+    assert plain[-1].affine is False
+
+
+def test_the_second_view_has_its_own_recipe():
+    """lightly's BYOL solarises only the second view, with p 0.2: on a flat image above the
+    threshold, the share of solarised views is 0 in view 1 and 0.2 in view 2."""
+    flat = dict(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_prob=0.0, grayscale_prob=0.0)
+    flat |= dict(flip_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    model = SimCLR(
+        backbone="resnet18", augment=Augment(**flat), second_view={**flat, "solarize_prob": 0.2}
+    )
+    assert model.hparams.second_view["solarize_prob"] == 0.2  # plain values for checkpoints
+    images = torch.full((4000, 3, 8, 8), 200, dtype=torch.uint8)
+    first, second = model.views(images, torch.arange(4000))
+    solarised = [float((view.mean(dim=(1, 2, 3)) < 0.5).float().mean()) for view in (first, second)]
+    assert solarised[0] == 0.0
+    assert abs(solarised[1] - 0.2) < 0.02  # binomial sd 0.0063 at n 4000
+    assert torch.allclose(second[second.mean(dim=(1, 2, 3)) < 0.5], torch.tensor(55 / 255))
+
+
+def test_a_second_view_cropped_otherwise_is_refused():
+    from contrastlab.runs.checks import OptionError
+
+    with pytest.raises(OptionError, match=r"model.second_view.scale = \(0.08, 1.0\) differs"):
+        SimCLR(augment=Augment(scale=(0.2, 1.0)), second_view=Augment(scale=(0.08, 1.0)))
 
 
 def test_zero_init_residual_starts_every_block_as_the_identity():

@@ -19,6 +19,8 @@ from contrastlab.reproduce import (
     CellResult,
     CellState,
     GridError,
+    best_knn,
+    list_grids,
     load_grid,
     monitor_interval,
     plan_cells,
@@ -194,6 +196,43 @@ def test_a_published_figure_stands_only_beside_its_own_protocol() -> None:
         "paper probe (augmented images), lr 10, batch 512, 100 epochs, 50,000 training and "
         "10,000 evaluation images"
     )
+
+
+def test_lightlys_figures_stand_beside_the_best_epochs_knn_of_their_own_grid() -> None:
+    """lightly reports the best of its 200 per-epoch kNN evaluations: its 86.8 stands beside
+    the best-epoch column of a 200-epoch paper-scale row, and the best excludes the untrained
+    encoder's point."""
+    grid = load_grid("lightly_cifar10")
+    assert {e.preset for e in grid.experiments} == {
+        f"cifar10/lightly_{name}" for name in ("mocov2", "simclr", "byol", "simsiam")
+    }
+    assert {e.name: e.published.value for e in grid.experiments} == {
+        "mocov2": 84.7,
+        "simclr": 84.8,
+        "byol": 86.8,
+        "simsiam": 76.4,
+    }
+    assert best_knn([(-1, 95.0), (0, 40.0), (1, 62.5), (2, 61.0)]) == 62.5
+    assert best_knn([(-1, 95.0)]) is None
+
+    def row(scale: str, epochs: int, best: float | None) -> dict:
+        result = _result("byol", 0, 60.0)
+        result.knn_best = best
+        return summarise(grid, [result], scale, epochs)[0]
+
+    shown = row("paper", 200, 62.5)
+    assert shown["knn"]["mean"] == 60.0 and shown["knn_best"]["mean"] == 62.5
+    assert shown["published"]["value"] == 86.8 and "best kNN" in shown["published"]["protocol"]
+    assert row("smoke", 200, 62.5)["published"] is None
+    assert row("paper", 100, 62.5)["published"] is None
+    assert row("paper", 200, None)["published"] is None  # no best epoch measured
+
+
+def test_every_shipped_grid_loads_and_names_its_presets() -> None:
+    assert {"cifar10", "lightly_cifar10"} <= set(list_grids())
+    for name in list_grids():
+        grid = load_grid(name)
+        assert grid.experiments and "smoke" in grid.scales and not grid.scales["smoke"].comparable
 
 
 def reproduce(*args: str) -> subprocess.CompletedProcess:

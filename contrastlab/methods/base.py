@@ -160,6 +160,20 @@ class DataWaitClock:
         return self.wait / (self.wait + self.busy) if self.busy > 0 else None
 
 
+def check_second_view(augment: Augment, second_view: Augment | None) -> None:
+    """The second view may change colours, blur and solarisation, not the crop: both views'
+    boxes come from one sampler, drawn with ``augment``'s size, scale and aspect range."""
+    if second_view is None:
+        return
+    for name in ("size", "scale", "ratio"):
+        first, second = getattr(augment, name), getattr(second_view, name)
+        if first != second:
+            raise OptionError(
+                f"model.second_view.{name} = {second} differs from model.augment.{name} = "
+                f"{first}: both views are cropped alike; set the two equal"
+            )
+
+
 def check_compile_backend(backend: str) -> None:
     """``model.compile_backend`` must be one of torch.compile's backends."""
     known = torch.compiler.list_backends(exclude_tags=())
@@ -182,7 +196,11 @@ class ContrastiveMethod(pl.LightningModule):
             a contrastlab checkpoint; nothing is ever downloaded).
         cifar_stem: 3x3 stride-1 stem without max-pool (32-96 px images); torchvision ResNets.
         bn_splits: SplitBatchNorm groups per process (8 simulates MoCo's 8 GPUs on one device).
-        augment: the view recipe (both views).
+        augment: the view recipe (both views, unless ``second_view`` is set).
+        second_view: the second view's recipe when the two differ (BYOL's asymmetric views:
+            the second solarised with p 0.2); ``None``: both views use ``augment``. Its size,
+            crop scale and aspect range must be ``augment``'s (both views' boxes are drawn
+            alike).
         optimizer: ``sgd`` (momentum ``sgd_momentum``) or ``adamw`` (betas 0.9, 0.999; the
             one that trains ViTs, with a warm-up).
         lr, weight_decay, sgd_momentum: ``lr`` is for the whole global batch.
@@ -215,6 +233,7 @@ class ContrastiveMethod(pl.LightningModule):
         backbone_weights: str | None = None,
         bn_splits: int = 8,
         augment: Augment = Augment(),
+        second_view: Augment | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.06,
         weight_decay: float = 5e-4,
@@ -234,6 +253,8 @@ class ContrastiveMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         augment = Augment(**augment) if isinstance(augment, dict) else augment
+        second_view = Augment(**second_view) if isinstance(second_view, dict) else second_view
+        check_second_view(augment, second_view)
         saved_crop = isinstance(crop, dict)  # a checkpoint's: scale and ratio as it ran
         crop = ContrastiveCrop(**crop) if saved_crop else crop
         if crop is not None and not saved_crop:
@@ -243,6 +264,7 @@ class ContrastiveMethod(pl.LightningModule):
         check_compile_backend(compile_backend)
         # plain values: checkpoints load with weights_only
         self.hparams["augment"] = asdict(augment)
+        self.hparams["second_view"] = asdict(second_view) if second_view is not None else None
         self.hparams["crop"] = crop.config() if crop is not None else None
         self.augment = augment
         self.backbone = build_backbone(
@@ -255,7 +277,7 @@ class ContrastiveMethod(pl.LightningModule):
                 "(bench/vit_saliency.py)",
                 stacklevel=2,
             )
-        self.views = ViewSampler([augment, augment], box_sampler=crop, seed=seed)
+        self.views = ViewSampler([augment, second_view or augment], box_sampler=crop, seed=seed)
         self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0

@@ -29,6 +29,8 @@ class SimSiam(ContrastiveMethod):
         proj_hidden, proj_dim: projector ``feature_dim -> proj_hidden -> proj_dim`` (512-512).
         proj_layers: 2, or 3 for ``feature_dim -> proj_hidden -> proj_hidden -> proj_dim``
             (the SimSiam paper's and the ContrastiveCrop authors' projector).
+        proj_out_affine: the projector's output BatchNorm learns a scale and shift (lightly's
+            CIFAR-10 benchmark); without, as the SimSiam paper's code.
         pred_hidden: predictor bottleneck ``proj_dim -> pred_hidden -> proj_dim`` (128).
         fixed_predictor_lr: the predictor's learning rate stays ``lr`` (no cosine decay).
         bn_splits, lr, weight_decay: the CIFAR recipe's defaults (batch 512, lr 0.5, wd 1e-4).
@@ -40,6 +42,7 @@ class SimSiam(ContrastiveMethod):
         proj_hidden: int = 512,
         proj_dim: int = 512,
         proj_layers: int = 2,
+        proj_out_affine: bool = False,
         pred_hidden: int = 128,
         fixed_predictor_lr: bool = True,
         bn_splits: int = 1,
@@ -48,7 +51,9 @@ class SimSiam(ContrastiveMethod):
         **kwargs,
     ) -> None:
         super().__init__(bn_splits=bn_splits, lr=lr, weight_decay=weight_decay, **kwargs)
-        self.head = simsiam_projector(self.backbone.feature_dim, proj_hidden, proj_dim, proj_layers)
+        self.head = simsiam_projector(
+            self.backbone.feature_dim, proj_hidden, proj_dim, proj_layers, proj_out_affine
+        )
         self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim, batch_norm=True)
 
     def parameter_groups(self) -> list[dict]:

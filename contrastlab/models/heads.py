@@ -20,11 +20,14 @@ def mlp_head(
     return nn.Sequential(*layers)
 
 
-def simsiam_projector(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+def simsiam_projector(
+    in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, out_affine: bool = False
+) -> nn.Sequential:
     """SimSiam's projector: ``layers - 1`` blocks ``Linear(no bias) -> BN -> ReLU`` of width
-    ``hidden``, then ``Linear(hidden, out, no bias) -> BN(affine=False)``. Two layers is the
-    common CIFAR variant; three is the paper's (and the ContrastiveCrop authors', whose last
-    Linear keeps a frozen bias that the affine-free BN removes: no bias is the same network)."""
+    ``hidden``, then ``Linear(hidden, out, no bias) -> BN(affine=out_affine)``. Two layers is
+    the common CIFAR variant; three is the paper's (and the ContrastiveCrop authors', whose last
+    Linear keeps a frozen bias that the affine-free BN removes: no bias is the same network).
+    The paper's output BN has no affine; lightly's CIFAR-10 benchmark learns one."""
     if layers not in (2, 3):
         raise ValueError(f"model.proj_layers = {layers}: expected 2 or 3")
     blocks: list[nn.Module] = []
@@ -33,5 +36,5 @@ def simsiam_projector(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 
         blocks += [nn.Linear(width, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim)]
         blocks.append(nn.ReLU(inplace=True))
         width = hidden_dim
-    blocks += [nn.Linear(width, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False)]
+    blocks += [nn.Linear(width, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=out_affine)]
     return nn.Sequential(*blocks)

@@ -63,6 +63,7 @@ RANGES: dict[str, Range] = {
     "warmup_epochs": NON_NEGATIVE,
     "lr_floor": PROBABILITY,
     "base_temperature": POSITIVE,
+    "loss_scale": POSITIVE,
     "proj_layers": Range(2, 3, integer=True),
     "knn_k": AT_LEAST_ONE,
     "knn_t": POSITIVE,
