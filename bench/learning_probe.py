@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import learning
 from learning import COMMON, RECIPES
 
-from contrastlab.cli import main as contrastlab
+from contrastlab.app.cli import main as contrastlab
 from contrastlab.runs.records import read_rows
 
 

@@ -12,8 +12,8 @@ import time
 
 import torch
 
+from contrastlab.app.evaluate import linear_probe
 from contrastlab.eval.features import default_cache_dir
-from contrastlab.evaluate import linear_probe
 
 
 def timed(**kwargs) -> tuple[object, float]:

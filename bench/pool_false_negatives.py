@@ -59,7 +59,7 @@ class PoolShares(pl.Callback):
 def run(n_hard: int, data: Path, out: Path, epochs: int, subset: int) -> list[dict]:
     import pool_false_negatives as loaded  # the module the trainer's callback comes from
 
-    from contrastlab.cli import main
+    from contrastlab.app.cli import main
 
     loaded.RESULTS.clear()
     main(

@@ -123,7 +123,7 @@ def main() -> None:
         )
     )
     if args.checkpoint:
-        from contrastlab.evaluate import method_from_checkpoint
+        from contrastlab.app.evaluate import method_from_checkpoint
         from contrastlab.runs.resume import load_checkpoint_file
 
         model = method_from_checkpoint(load_checkpoint_file(args.checkpoint)).eval()

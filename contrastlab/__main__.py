@@ -1,3 +1,3 @@
-from contrastlab.cli import main
+from contrastlab.app.cli import main
 
 main()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up, pretrain MoCo v2 for about 5 minutes on CIFAR-10 (2 CPU cores), and show
-# that it learned: kNN of the untrained encoder -> kNN after training, and an HTML report.
+# that it learned: kNN of the untrained encoder -> kNN after training, RankMe (label-free)
+# before -> after, and an HTML report.
 # Uses ../shared/data when present; otherwise $CONTRASTLAB_DATA / the cache (downloading if it can).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,9 @@ sizes = next(r for r in rows if r.get("knn/bank_images"))
 bank, queries = int(float(sizes["knn/bank_images"])), int(float(sizes["knn/query_images"]))
 print(f"\nkNN top-1 (k=200, t=0.1, bank {bank:,}, queries {queries:,}): untrained {before:.2f}% -> "
       f"{after:.2f}% after {epoch + 1} epochs ({after - before:+.2f} points)")
+rank = [float(r["rankme/value"]) for r in rows if r.get("rankme/value")]
+images = next(int(float(r["rankme/images"])) for r in rows if r.get("rankme/images"))
+print(f"RankMe (label-free, backbone features of {images:,} training images): untrained "
+      f"{rank[0]:.1f} -> {rank[-1]:.1f}")
 print(f"report: {(run / 'report.html').resolve()}")
 PY

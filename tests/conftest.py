@@ -147,7 +147,7 @@ def tiny_moco_fit(run_dir: Path, data_root: Path, epochs: int, *extra: str) -> l
 
 class KeepUntrainedState(pl.Callback):
     """Keeps the model's state dict as it is before the first training step (callbacks'
-    ``on_train_start`` runs before the module's, so before the untrained kNN pass)."""
+    ``on_train_start`` runs before the kNN monitor's untrained pass when listed first)."""
 
     states: ClassVar[list[dict[str, torch.Tensor]]] = []
 
@@ -173,7 +173,7 @@ restored from the checkpoint (a store that did not survive would change the crop
 def fit_run(run_dir: Path, data_root: Path, config: str, *options: str) -> dict:
     """``contrastlab fit --config config`` on ``data_root`` into ``run_dir`` with ``options``;
     returns the run's ``last.ckpt``."""
-    from contrastlab.cli import main
+    from contrastlab.app.cli import main
     from contrastlab.runs.resume import load_checkpoint_file
 
     root = ["--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]

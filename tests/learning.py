@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from contrastlab.cli import main
+from contrastlab.app.cli import main
 from contrastlab.runs.records import read_rows
 
 EPOCHS, SCHEDULE_EPOCHS, STEPS_PER_EPOCH = 4, 10, 32
@@ -234,7 +234,7 @@ def zero_learning_rate() -> contextlib.AbstractContextManager:
     def factor(*args, **kwargs) -> float:
         return 0.0
 
-    return patched(base, "cosine_with_warmup", factor)
+    return patched(base, "schedule_factor", factor)
 
 
 def shuffled_positives() -> contextlib.AbstractContextManager:

@@ -23,9 +23,9 @@ from kill_harness import (
     wait_until,
 )
 
-from contrastlab.cli import main
+from contrastlab.app.cli import main
 from contrastlab.data.sampling import GlobalBatchSampler, ResumableLoader
-from contrastlab.runs.checks import OptionError, Range, check_value
+from contrastlab.options import OptionError, Range, check_value
 from contrastlab.runs.records import ContinuousCSVWriter, read_rows
 from contrastlab.runs.resume import (
     CheckpointError,
@@ -233,7 +233,7 @@ def test_no_room_or_no_folder_stops_before_anything_is_written(tmp_path, tiny_ci
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit, match="a_file/run/checkpoints is not writable: Not a directory"):
         fit(blocker / "run", tiny_cifar)
-    monkeypatch.setattr("contrastlab.training.free_bytes", lambda folder: 50_000_000)
+    monkeypatch.setattr("contrastlab.app.fit.free_bytes", lambda folder: 50_000_000)
     with pytest.raises(
         SystemExit, match=r"not enough space for checkpoints: .* needed .* 50.0 MB free"
     ):
@@ -451,8 +451,8 @@ def test_save_cadence(tmp_path, tiny_cifar, monkeypatch, cadence, expected):
     [(True, "SIGUSR1", 1), (False, "SIGUSR1", 0), (True, "SIGTERM", 0)],
 )
 def test_slurm_requeue_only_on_sigusr1_when_asked(monkeypatch, capsys, requeue, signum, calls):
+    import contrastlab.app.fit
     import contrastlab.runs.signals
-    import contrastlab.training
     from contrastlab.runs.checkpoints import RunCheckpoint
 
     class Stopped:
@@ -464,7 +464,7 @@ def test_slurm_requeue_only_on_sigusr1_when_asked(monkeypatch, capsys, requeue, 
         default_root_dir, global_step = "runs/x", 40
 
     requeued = []
-    monkeypatch.setattr(contrastlab.training, "ContrastCLI", Stopped)
+    monkeypatch.setattr(contrastlab.app.fit, "ContrastCLI", Stopped)
     monkeypatch.setattr(
         contrastlab.runs.signals,
         "requeue_slurm_job",

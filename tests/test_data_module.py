@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from contrastlab.cli import main
+from contrastlab.app.cli import main
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.data.readers import DatasetError
 from contrastlab.data.sampling import GlobalBatchSampler
@@ -78,9 +78,9 @@ def test_every_preset_is_a_valid_config(preset, capsys):
         main(["fit", "--config", preset, "--print_config"])
     assert done.value.code in (0, None)
     out = capsys.readouterr().out
-    framework = preset.split("/")[1].split("_")[0]
     names = {"moco": "MoCoV2", "mocov2": "MoCoV2", "simclr": "SimCLR", "byol": "BYOL"}
     names["simsiam"] = "SimSiam"
+    framework = next(part for part in preset.split("/")[1].split("_") if part in names)
     assert f"class_path: contrastlab.methods.{names[framework]}" in out
     if "synco" in preset or "mochi" in preset:
         assert "class_path: contrastlab.negatives.SyntheticNegatives" in out

@@ -11,7 +11,7 @@ from conftest import QUIET_BATCHES_OF_16, TINY_MOCO, device_from_environment, fi
 
 from contrastlab.data import module
 from contrastlab.methods import MoCoV2
-from contrastlab.runs.checks import OptionError
+from contrastlab.options import OptionError
 
 
 def compiled_graphs() -> int:

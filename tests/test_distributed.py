@@ -168,7 +168,7 @@ def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar, fp3
     logged = [line for line in (run_dir / "metrics.csv").read_text().splitlines()]
     column = logged[0].split(",").index("knn/top1")
     values = [row.split(",")[column] for row in logged[1:] if row.split(",")[column]]
-    from contrastlab.evaluate import knn_from_checkpoint
+    from contrastlab.app.evaluate import knn_from_checkpoint
 
     # features gathered from both processes give the same kNN as one process on the checkpoint
     # (one image is 5 points here; the logged value went through float32, ulp 4e-6 at 55)

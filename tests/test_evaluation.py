@@ -9,7 +9,10 @@ import torch
 import torchvision
 from conftest import QUIET_BATCHES_OF_16, write_cifar
 
-from contrastlab.cli import main
+from contrastlab.app.cli import main
+from contrastlab.app.evaluate import Evaluation, knn_grid
+from contrastlab.app.export import backbone_state_dict, detectron2_name, export_backbone
+from contrastlab.app.report import curve_figure, hardness_keys, pca_2d, read_run, write_report
 from contrastlab.eval import features as features_module
 from contrastlab.eval.finetune import (
     balanced_subset,
@@ -24,18 +27,9 @@ from contrastlab.eval.linear import (
     linear_on_features,
     topk_accuracy,
 )
-from contrastlab.evaluate import Evaluation, knn_grid
-from contrastlab.export import (
-    backbone_state_dict,
-    detectron2_name,
-    export_backbone,
-    timm_resnet,
-    torchvision_resnet,
-)
 from contrastlab.methods import MoCoV2, SimCLR
-from contrastlab.report import curve_figure, hardness_keys, pca_2d, read_run, write_report
+from contrastlab.models.exported import faster_rcnn_from_export, timm_resnet, torchvision_resnet
 from contrastlab.runs.records import read_rows
-from contrastlab.transfer import faster_rcnn_from_export
 
 TINY_RUN = [
     "--model.augment.size",
@@ -226,7 +220,7 @@ def test_linear_cli_fast_and_paper_modes_and_the_feature_cache(run_dir, capsys, 
 def test_fast_probe_lr_is_chosen_on_held_out_training_images(run_dir, capsys, monkeypatch):
     """Without --lr the fast probe trains each candidate on 90% of the training split and keeps
     the best on the other 10%: the evaluation split plays no part in the choice."""
-    import contrastlab.evaluate as evaluate_module
+    import contrastlab.app.evaluate as evaluate_module
 
     seen = []
     real = evaluate_module.choose_fast_lr
@@ -280,9 +274,11 @@ def test_knn_grid_equals_direct_computation(run_dir, capsys):
     direct = knn_accuracy(queries[0], queries[1], bank[0], bank[1], 10, k=20, temperature=0.5)
     grid = {(k, t): v for k, t, v in knn_grid(checkpoint(run_dir), [20], [0.5])}
     assert grid[(20, 0.5)] == pytest.approx(direct)
-    # any labelled split as the bank: the test split against itself finds each query itself
+    # any labelled split as the bank: the test split against itself (features computed in
+    # reduced precision may tie, so the reference is the same computation, not 100%)
     self_bank = knn_grid(checkpoint(run_dir), [1], [0.1], bank_split="test", eval_split="test")
-    assert self_bank[0][2] == pytest.approx(100.0)
+    itself = knn_accuracy(queries[0], queries[1], queries[0], queries[1], 10, k=1, temperature=0.1)
+    assert self_bank[0][2] == pytest.approx(itself)
 
 
 # ---------------------------------------------------------------------------------- fine-tune

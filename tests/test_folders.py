@@ -22,6 +22,7 @@ from contrastlab.data.index import INDEX_NAME, folder_index
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.data.sampling import whole_images
 from contrastlab.methods.base import unpack, whole_view
+from contrastlab.runs.records import read_rows
 from contrastlab.views import Augment, ViewSampler, crop_and_resize, random_resized_boxes
 from contrastlab.views.localize import center_suppressed_boxes
 
@@ -392,7 +393,7 @@ def test_training_on_a_photo_folder_resumes_exactly(tmp_path, photo_root, config
         options = [*options, "--trainer.max_epochs", "1", "--data.decode_on_device", "true"]
         fit_run(tmp_path / "on_device", photo_root, config, *options)
     if config.endswith("ccrop"):  # the crops picture of a native-resolution run
-        from contrastlab.cli import main
+        from contrastlab.app.cli import main
 
         out = tmp_path / "crops.png"
         main(["crops", "--checkpoint", str(resumed / "checkpoints" / "last.ckpt"),
@@ -494,7 +495,7 @@ def test_a_flat_folder_trains_resumes_and_says_why_there_is_no_knn(tmp_path, cap
     """The README's promise: an unlabelled folder of photos trains (lazily, at native
     resolution), its index is written and read back, the run resumes, and the evaluations
     that need labels say so instead of failing obscurely."""
-    from contrastlab.cli import main
+    from contrastlab.app.cli import main
 
     folder = tmp_path / "photos"
     for path in write_photo_folder(tmp_path / "classes", copies=1, classes=2):
@@ -518,7 +519,18 @@ def test_a_flat_folder_trains_resumes_and_says_why_there_is_no_knn(tmp_path, cap
     resumed = fit_run(
         tmp_path / "run", folder, "imagenet/mocov2", *options, "--trainer.max_epochs=2", "--resume"
     )
-    assert resumed["epoch"] == 1 and "no kNN monitor" not in capsys.readouterr().out
+    resumed_out = capsys.readouterr().out
+    assert resumed["epoch"] == 1 and "no kNN monitor" not in resumed_out
+    # the label-free monitor: its untrained point once (kept in the checkpoint), then each epoch
+    assert (
+        "RankMe of the untrained encoder" in first and "RankMe of the untrained" not in resumed_out
+    )
+    _, rows = read_rows(tmp_path / "run" / "metrics.csv")
+    points = [(int(r["epoch"]), float(r["rankme/value"])) for r in rows if r.get("rankme/value")]
+    assert [epoch for epoch, _ in points] == [-1, 0, 1]
+    photos = sum(1 for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    assert all(1.0 <= value <= photos for _, value in points)  # the rank of `photos` rows
+    assert resumed["contrastlab"]["rankme_untrained"]["rankme/value"] == points[0][1]
     checkpoint = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     with pytest.raises(SystemExit, match="has no labels \\(a flat folder\\)"):
         main(["knn", "--checkpoint", checkpoint])

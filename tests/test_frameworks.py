@@ -9,9 +9,9 @@ import torch
 from conftest import CCROP_FIRST, QUIET_BATCHES_OF_16, fit_run
 from torch.nn import functional as F
 
-from contrastlab.cli import main
-from contrastlab.evaluate import method_from_checkpoint
-from contrastlab.figures import crop_picture
+from contrastlab.app.cli import main
+from contrastlab.app.evaluate import method_from_checkpoint
+from contrastlab.app.figures import crop_picture
 from contrastlab.methods import SimCLR
 from contrastlab.methods.base import whole_view
 from contrastlab.methods.byol import byol_loss, cosine_momentum
@@ -224,25 +224,3 @@ def test_both_plug_ins_at_once(tmp_path, tiny_cifar):
     assert bool(checkpoint["state_dict"]["views.box_sampler.active"])
     assert checkpoint["hyper_parameters"]["synthetic"]["n_hard"] == 16
     assert "hardness/synthetic_above_positive" in (run_dir / "metrics.csv").read_text()
-
-
-def test_nothing_imports_the_cli():
-    """The CLI sits on top: no module of the package (``__main__`` aside) imports it."""
-    import ast
-
-    package = Path(__file__).parents[1] / "contrastlab"
-    importers = []
-    for path in package.rglob("*.py"):
-        if path.name in ("cli.py", "__main__.py"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            if any(n == "contrastlab.cli" or n.startswith("contrastlab.cli.") for n in names):
-                importers.append(str(path.relative_to(package)))
-    assert not importers, f"these modules import contrastlab.cli: {importers}"

@@ -2,9 +2,9 @@ import torch
 from torch import nn
 
 from contrastlab.eval import knn_predict
-from contrastlab.methods.base import cosine_with_warmup
 from contrastlab.methods.mocov2 import momentum_update
 from contrastlab.models import ResNetBackbone, SplitBatchNorm
+from contrastlab.schedules import cosine_with_warmup
 
 
 def test_split_batchnorm_equals_batchnorm_per_group():

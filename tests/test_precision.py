@@ -10,7 +10,7 @@ from conftest import tiny_moco_fit
 from torch import nn
 
 import contrastlab.precision as precision
-from contrastlab.cli import main
+from contrastlab.app.cli import main
 from contrastlab.eval.features import extract_features
 from contrastlab.methods import MoCoV2
 from contrastlab.models.backbones import ResNetBackbone
@@ -192,7 +192,7 @@ def test_an_explicit_precision_always_wins(tmp_path, tiny_cifar, monkeypatch, ca
 
 
 def test_several_processes_use_the_cache_or_the_static_guess(monkeypatch, capsys):
-    from contrastlab.training import expected_processes, measured_precision
+    from contrastlab.app.fit import expected_processes, measured_precision
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert expected_processes({"devices": "auto"}) == 2

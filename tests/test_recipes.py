@@ -15,9 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import contrastlab.presets as presets
-from contrastlab.cli import main
+from contrastlab.app.cli import main
 from contrastlab.methods import BYOL, MoCoV2, SimCLR, SimSiam
-from contrastlab.methods.base import schedule_factor
 from contrastlab.models.backbones import ResNetBackbone
 from contrastlab.presets import (
     Card,
@@ -26,6 +25,7 @@ from contrastlab.presets import (
     load_card,
     resolved_settings,
 )
+from contrastlab.schedules import schedule_factor
 from contrastlab.views import ContrastiveCrop, SimCCrop
 from contrastlab.views.augment import Augment
 
@@ -383,7 +383,7 @@ def test_the_second_view_has_its_own_recipe():
 
 
 def test_a_second_view_cropped_otherwise_is_refused():
-    from contrastlab.runs.checks import OptionError
+    from contrastlab.options import OptionError
 
     with pytest.raises(OptionError, match=r"model.second_view.scale = \(0.08, 1.0\) differs"):
         SimCLR(augment=Augment(scale=(0.2, 1.0)), second_view=Augment(scale=(0.08, 1.0)))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from contrastlab.reproduce import (
+from contrastlab.app.reproduce import (
     CellResult,
     CellState,
     GridError,

@@ -10,12 +10,13 @@ import torch
 from conftest import CCROP_FIRST, QUIET_BATCHES_OF_16, fit_run
 from safetensors.torch import load_file
 
-from contrastlab.cli import main
-from contrastlab.evaluate import method_from_checkpoint
-from contrastlab.export import export_backbone, timm_backbone
+from contrastlab.app.cli import main
+from contrastlab.app.evaluate import method_from_checkpoint
+from contrastlab.app.export import export_backbone
 from contrastlab.methods import MoCoV2, SimCLR
 from contrastlab.methods.base import whole_view
 from contrastlab.models.backbones import TimmBackbone, build_backbone
+from contrastlab.models.exported import timm_backbone
 from contrastlab.runs.resume import load_checkpoint_file
 from contrastlab.views import ContrastiveCrop, localize_boxes
 
@@ -218,7 +219,7 @@ def test_torch_formats_and_resnet_safetensors(tmp_path):
     net = timm_backbone(json.loads(Path(f"{out}.json").read_text()))
     net.load_state_dict(torch.load(out, weights_only=True), strict=True)
 
-    from contrastlab.export import torchvision_resnet
+    from contrastlab.models.exported import torchvision_resnet
 
     resnet = MoCoV2(bn_splits=2, queue_size=32, channels_last=False).eval()
     out = export_backbone(resnet, "safetensors", tmp_path / "r18.safetensors")

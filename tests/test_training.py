@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import CCROP_ONCE, QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState, tiny_moco_fit
 
-from contrastlab.cli import main, rewrite_fit_args
-from contrastlab.evaluate import data_from_checkpoint, knn_of_model, method_from_checkpoint
-from contrastlab.report import read_run
+from contrastlab.app.cli import main, rewrite_fit_args
+from contrastlab.app.evaluate import data_from_checkpoint, knn_of_model, method_from_checkpoint
+from contrastlab.app.report import read_run
 from contrastlab.runs.checkpoints import StagedCheckpointIO
 from contrastlab.runs.records import read_rows
 from contrastlab.runs.resume import load_checkpoint_file
@@ -288,7 +288,7 @@ def test_model_and_data_seeds_may_differ(tmp_path, tiny_cifar):
 
 
 def test_the_progress_bar_shows_the_time_left_for_the_run(tmp_path, tiny_cifar, capfd):
-    from contrastlab.training import format_duration
+    from contrastlab.app.fit import format_duration
 
     assert [format_duration(s) for s in (5, 62, 3723)] == ["0:05", "1:02", "1:02:03"]
     fit(
@@ -308,11 +308,11 @@ def test_the_progress_bar_shows_the_time_left_for_the_run(tmp_path, tiny_cifar, 
 
 
 def test_data_wait_clock_splits_wait_and_step_time(monkeypatch):
-    from contrastlab.methods import base
+    from contrastlab.runs import statistics
 
     times = iter([0.0, 3.0, 4.0, 4.0, 8.0])  # restart, arrive, done, arrive, done
-    monkeypatch.setattr(base.time, "perf_counter", lambda: next(times))
-    clock = base.DataWaitClock()
+    monkeypatch.setattr(statistics.time, "perf_counter", lambda: next(times))
+    clock = statistics.DataWaitClock()
     assert clock.share() is None
     clock.batch_arrived()
     clock.step_done()

@@ -38,7 +38,7 @@ from contrastlab.data.sampling import (
     whole_images,
 )
 from contrastlab.distributed import world
-from contrastlab.runs.checks import check_options
+from contrastlab.options import check_options
 
 DatasetName = Literal["cifar10", "cifar100", "stl10", "tinyimagenet", "folder"]
 
@@ -330,17 +330,23 @@ class ContrastDataModule(pl.LightningDataModule):
         return round((self.view_size or 224) * 256 / 224)
 
     def _loader(
-        self, dataset: Dataset, batch_size: int, train: bool, draw: BoxDrawer | None = None
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        train: bool,
+        draw: BoxDrawer | None = None,
+        indices: torch.Tensor | None = None,
     ) -> DataLoader:
         rank, size = world()
         sampler = GlobalBatchSampler(
-            len(dataset),
+            len(dataset) if indices is None else len(indices),
             batch_size,
             shuffle=train,
             seed=self.seed,
             rank=rank,
             world_size=size,
             drop_last=train,
+            indices=indices,
         )
         if train and len(sampler) == 0:
             raise DatasetError(
@@ -383,6 +389,16 @@ class ContrastDataModule(pl.LightningDataModule):
         (ContrastiveCrop's localisation pass); native-resolution batches carry one box per
         image, the whole image, which the pass resizes to the view size."""
         return self._loader(self.train_set, self.eval_batch_size, train=False, draw=whole_images)
+
+    def sample_dataloader(self, count: int) -> DataLoader:
+        """A fixed sample of ``count`` training images (drawn from ``data.seed``: the same at
+        every epoch and after a resume), un-augmented, this process's share, batched as the
+        localisation loader does (for label-free monitors such as RankMe)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 17)
+        sample = torch.randperm(len(self.train_set), generator=generator)[:count]
+        return self._loader(
+            self.train_set, self.eval_batch_size, False, whole_images, sample.sort().values
+        )
 
     def knn_dataloaders(self) -> list[DataLoader]:
         """``[bank, evaluation]`` loaders in dataset order, or ``[]`` without labelled splits."""

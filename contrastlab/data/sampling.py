@@ -20,6 +20,7 @@ class GlobalBatchSampler(Sampler[int]):
     is what makes multi-process runs comparable to single-process ones. Wrap it in a
     ``BatchSampler(sampler, batch_size, drop_last=True)``; with ``drop_last`` only whole global
     batches are produced, otherwise the last global batch is split as evenly as possible.
+    With ``indices`` the sampler runs over those dataset indices only (``size`` of them).
     """
 
     def __init__(
@@ -31,13 +32,17 @@ class GlobalBatchSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        indices: torch.Tensor | None = None,
     ) -> None:
+        if indices is not None and len(indices) != size:
+            raise ValueError(f"{len(indices)} indices for a sampler of size {size}")
         if batch_size < 1 or size < 1:
             raise ValueError(f"need size >= 1 and batch_size >= 1, got {size}, {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.indices = indices
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
 
@@ -55,9 +60,11 @@ class GlobalBatchSampler(Sampler[int]):
 
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
-            return torch.arange(self.size)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator)
+            order = torch.arange(self.size)
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        return order if self.indices is None else self.indices[order]
 
     def __iter__(self) -> Iterator[int]:
         order, step = self._order(), self.batch_size * self.world_size

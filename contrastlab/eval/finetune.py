@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from contrastlab.eval.linear import probe_augment, topk_accuracy
-from contrastlab.methods.base import cosine_with_warmup
 from contrastlab.models.splitbn import SplitBatchNorm
+from contrastlab.schedules import cosine_with_warmup
 from contrastlab.views.augment import ViewSampler
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections.abc import Iterable
@@ -19,10 +18,10 @@ from torchvision.transforms.v2.functional import center_crop, resize
 
 from contrastlab.data.datasets import PhotoBatch
 from contrastlab.distributed import gather_cat, world
-from contrastlab.eval.knn import knn_accuracy
 from contrastlab.models.backbones import build_backbone
+from contrastlab.options import OptionError, check_options
 from contrastlab.precision import autocast_for
-from contrastlab.runs.checks import OptionError, check_options
+from contrastlab.schedules import schedule_factor
 from contrastlab.views.augment import Augment, ViewSampler
 from contrastlab.views.boxes import ContrastiveCrop
 from contrastlab.views.crops import crop_and_resize
@@ -43,34 +42,6 @@ def make_optimizer(
 def full_precision(device: torch.device) -> AbstractContextManager:
     """Leave autocast: similarities divided by a small temperature need float32."""
     return torch.autocast(device_type=device.type, enabled=False)
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
-    """Learning-rate factor: linear from ~0 to 1 over ``warmup`` steps, then
-    ``floor + (1 - floor) 0.5 (1 + cos(pi * t))`` with ``t`` the fraction of the remaining steps
-    done (``floor`` 0.1 is the ContrastiveCrop recipes' ``decay_rate``: the cosine ends at 10%)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def schedule_factor(
-    step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float, floor: float, interval: str
-) -> float:
-    """The learning-rate factor at optimiser step ``step``: :func:`cosine_with_warmup` over
-    steps (``interval="step"``), or once per epoch, constant within it: epoch ``e`` (from 0)
-    at ``floor + (1 - floor) 0.5 (1 + cos(pi (e + o) / epochs))`` with ``o = 0`` for
-    ``"epoch"`` (the value at the epoch's start: the ContrastiveCrop authors'
-    ``adjust_learning_rate``, whose last epoch stays above the floor) and ``o = 1`` for
-    ``"epoch_end"`` (MoCo's CIFAR-10 demo, whose last epoch trains at the floor)."""
-    if interval in ("epoch", "epoch_end"):
-        epoch = step // max(1, steps_per_epoch) + (interval == "epoch_end")
-        return cosine_with_warmup(epoch, epochs, int(warmup_epochs), floor)
-    if interval != "step":
-        raise ValueError(f"model.lr_interval = {interval!r}: expected step, epoch or epoch_end")
-    total = steps_per_epoch * epochs
-    return cosine_with_warmup(step, total, int(warmup_epochs * steps_per_epoch), floor)
 
 
 def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
@@ -128,36 +99,6 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     for p in target.parameters():
         p.requires_grad = False
     return target
-
-
-class DataWaitClock:
-    """How much of the training steps' time goes to waiting for data.
-
-    ``wait`` runs from the end of the previous step (or the epoch's start) to the arrival of
-    the next batch, ``busy`` from its arrival to the end of its step; the share is
-    ``wait / (wait + busy)``. Localisation and kNN passes fall outside both. On a GPU, work
-    queued on the device counts where the host waits for it.
-    """
-
-    def __init__(self) -> None:
-        self.restart()
-
-    def restart(self) -> None:
-        self.wait = self.busy = 0.0
-        self.mark = time.perf_counter()
-
-    def batch_arrived(self) -> None:
-        now = time.perf_counter()
-        self.wait += now - self.mark
-        self.mark = now
-
-    def step_done(self) -> None:
-        now = time.perf_counter()
-        self.busy += now - self.mark
-        self.mark = now
-
-    def share(self) -> float | None:
-        return self.wait / (self.wait + self.busy) if self.busy > 0 else None
 
 
 def check_second_view(augment: Augment, second_view: Augment | None) -> None:
@@ -278,14 +219,6 @@ class ContrastiveMethod(pl.LightningModule):
                 stacklevel=2,
             )
         self.views = ViewSampler([augment, second_view or augment], box_sampler=crop, seed=seed)
-        self._knn_outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
-        self._epoch_start = time.perf_counter()
-        self._epoch_images = 0
-        self._epoch_loss = torch.zeros(())  # running sum over this epoch's steps (on device)
-        self._epoch_steps = 0
-        self._wait = DataWaitClock()
-        self.knn_untrained: float | None = None  # kNN top-1 before the first step
-        self.knn_sizes: dict[str, int] = {}  # the monitor's bank, queries and training images
 
     # ------------------------------------------------------------------ hooks for frameworks
 
@@ -354,9 +287,6 @@ class ContrastiveMethod(pl.LightningModule):
         views = [self._layout(v) for v in self.views(images, indices, boxes)]
         self.momentum_update()
         loss = self.contrastive_loss(views, indices, labels)
-        self._epoch_images += len(images)
-        self._epoch_loss = self._epoch_loss.to(loss.device) + loss.detach().float()
-        self._epoch_steps += 1
         self.log("train/loss_step", loss, prog_bar=True, on_step=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
@@ -369,70 +299,6 @@ class ContrastiveMethod(pl.LightningModule):
                     f"the checkpoint holds ContrastiveCrop boxes for {boxes} images but the "
                     f"training set has {images}: resume with the same data settings"
                 )
-        if self.global_step == 0 and self.knn_untrained is None:
-            self._knn_of_the_untrained_encoder()
-        self._epoch_start = time.perf_counter()  # also when resumed mid-epoch
-        self._wait.restart()
-
-    def on_train_batch_start(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._wait.batch_arrived()
-
-    def on_train_batch_end(self, outputs, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._wait.step_done()
-
-    def data_wait_share(self) -> float | None:
-        """This epoch's share of step time spent waiting for the next batch (``None`` before
-        the first step)."""
-        return self._wait.share()
-
-    def _knn_of_the_untrained_encoder(self) -> None:
-        """The kNN monitor once before the first step: ``knn/top1`` at step 0 with epoch -1, the
-        first point of every kNN curve. Saved in checkpoints, so a resume does not redo it."""
-        data = getattr(self.trainer, "datamodule", None)
-        loaders = data.knn_dataloaders() if hasattr(data, "knn_dataloaders") else []
-        if not loaders and hasattr(data, "knn_dataloaders") and self.global_rank == 0:
-            self._say(
-                "contrastlab: no kNN monitor: the data has no labels (a flat folder, or no "
-                "labelled split); the loss and the report's curves are what this run shows"
-            )
-        if not loaders or not self.trainer.limit_val_batches:
-            return
-        was_training = self.training
-        self.eval()
-        outputs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
-        with torch.no_grad(), self.precision_context():
-            for loader, output in zip(loaders, outputs, strict=True):
-                for images, _, labels in loader:
-                    features = self.monitor_features(images.to(self.device, non_blocking=True))
-                    output.append((features, labels.to(self.device)))
-        self.train(was_training)
-        self.knn_untrained = self._knn_top1(*outputs)
-        sizes = {f"knn/{name}_images": count for name, count in self.knn_sizes.items()}
-        for logger in self.loggers:
-            logger.log_metrics({"knn/top1": self.knn_untrained, **sizes, "epoch": -1}, step=0)
-        if self.global_rank == 0:
-            self._say(
-                f"contrastlab: kNN top-1 of the untrained encoder {self.knn_untrained:.2f}% "
-                f"({self.knn_protocol()})"
-            )
-
-    def knn_protocol(self) -> str:
-        """What the monitor's kNN figure was computed with: ``k``, ``t``, the features, and
-        the bank, query and training-set sizes once it has run."""
-        text = f"k={self.hparams.knn_k}, t={self.hparams.knn_t}"
-        if self.hparams.get("knn_features", "backbone") == "head":
-            text += ", on the head's output"
-        sizes = self.knn_sizes
-        if sizes:
-            text += f"; bank {sizes['bank']:,}, queries {sizes['query']:,}"
-            if "train" in sizes:
-                text += f", training set {sizes['train']:,}"
-        return text
-
-    def _say(self, line: str) -> None:
-        """Print above the progress bar, if there is one."""
-        bar = self.trainer.progress_bar_callback
-        (bar.print if bar is not None else print)(line)
 
     def on_train_epoch_start(self) -> None:
         crop = self.crop
@@ -440,9 +306,7 @@ class ContrastiveMethod(pl.LightningModule):
             if crop.localization_due(self.current_epoch):
                 self.localize()
             crop.start_if_due(self.current_epoch)
-        self._epoch_start, self._epoch_images = time.perf_counter(), 0
-        self._epoch_loss, self._epoch_steps = torch.zeros(()), 0
-        self._wait.restart()
+        self.epoch_ready = time.perf_counter()  # epoch statistics leave the work above out
 
     @torch.no_grad()
     def localize(self, batches: Iterable[tuple[torch.Tensor, ...]] | None = None) -> None:
@@ -467,22 +331,6 @@ class ContrastiveMethod(pl.LightningModule):
             found_indices.append(indices.to(self.device))
         crop.update(gather_cat(torch.cat(found_indices)), gather_cat(torch.cat(found_boxes)))
         self.train(was_training)
-
-    def on_train_epoch_end(self) -> None:
-        """The epoch's mean loss and images/s, written to the loggers here (at the epoch's
-        last step), so they are on disk before the epoch-end checkpoint is committed."""
-        elapsed = time.perf_counter() - self._epoch_start
-        summary = {
-            "train/loss_epoch": float(self._epoch_loss) / max(1, self._epoch_steps),
-            "train/images_per_sec": self._epoch_images * world()[1] / max(elapsed, 1e-9),
-        }
-        wait = self._wait.share()
-        if wait is not None:
-            summary["train/data_wait"] = wait
-        for name, value in summary.items():
-            self.log(name, value, logger=False)  # progress bar and the run summary
-        for logger in self.loggers:
-            logger.log_metrics({**summary, "epoch": self.current_epoch}, step=self.global_step - 1)
 
     def configure_optimizers(self):
         groups = self.parameter_groups()
@@ -523,6 +371,18 @@ class ContrastiveMethod(pl.LightningModule):
         return self.backbone(self._layout(eval_view(images, self.augment))).float()
 
     @torch.no_grad()
+    def sample_features(self, batch) -> torch.Tensor:
+        """Backbone features of a batch of the data module's ``sample_dataloader``: as
+        :meth:`features` sees images, and native-resolution photos whole, resized to the view
+        size (what the label-free monitor measures)."""
+        images, _, _, boxes = unpack(batch)
+        images = images.to(self.device, non_blocking=True)
+        if boxes is None:
+            return self.features(images)
+        whole = whole_view(images, self.augment, boxes[0])
+        return self.backbone(self._layout(whole)).float()
+
+    @torch.no_grad()
     def monitor_features(self, images: torch.Tensor) -> torch.Tensor:
         """The kNN monitor's features: :meth:`features`, or the projection head's output of
         them with ``knn_features="head"`` (MoCo's CIFAR-10 notebook monitors its head)."""
@@ -533,33 +393,11 @@ class ContrastiveMethod(pl.LightningModule):
 
     def validation_step(
         self, batch: tuple[torch.Tensor, ...], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(monitor features, labels)`` of a kNN batch (loader 0: the bank, 1: the queries),
+        for :class:`contrastlab.eval.monitors.KnnMonitor`."""
         images, _, labels = batch
-        self._knn_outputs[dataloader_idx].append((self.monitor_features(images), labels))
-
-    def on_validation_epoch_end(self) -> None:
-        bank, evaluation = self._knn_outputs
-        self._knn_outputs = [[], []]
-        if not bank or not evaluation or self.trainer.sanity_checking:
-            return
-        self.log("knn/top1", self._knn_top1(bank, evaluation), prog_bar=True, rank_zero_only=True)
-
-    def _knn_top1(
-        self,
-        bank: list[tuple[torch.Tensor, torch.Tensor]],
-        evaluation: list[tuple[torch.Tensor, torch.Tensor]],
-    ) -> float:
-        """The monitor's weighted kNN top-1 (``knn_k``, ``knn_t``) of this process's
-        ``(features, labels)`` batches, gathered from every process."""
-        bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
-        eval_x, eval_y = (gather_cat(torch.cat(t)) for t in zip(*evaluation, strict=True))
-        self.knn_sizes = {"bank": len(bank_y), "query": len(eval_y)}
-        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if getattr(data, "train_set", None) is not None:
-            self.knn_sizes["train"] = len(data.train_set)
-        return knn_accuracy(
-            eval_x, eval_y, bank_x, bank_y, k=self.hparams.knn_k, temperature=self.hparams.knn_t
-        )
+        return self.monitor_features(images), labels
 
     # ------------------------------------------------------------------ exact resume
 
@@ -568,13 +406,10 @@ class ContrastiveMethod(pl.LightningModule):
         # every process's own: one process's state given to all would change what the others
         # draw after a resume (they need not have drawn alike before it)
         torch_states = gather_cat(torch.get_rng_state().unsqueeze(0).to(self.device)).cpu()
-        checkpoint["contrastlab"] = {
-            "view_rng": states,
-            "torch_rng": torch_states,
-            "epoch_loss": (self._epoch_loss.detach().cpu(), self._epoch_steps),
-            "knn_untrained": self.knn_untrained,
-            "knn_sizes": dict(self.knn_sizes),
-        }
+        checkpoint.setdefault("contrastlab", {}).update(
+            view_rng=states,
+            torch_rng=torch_states,
+        )
         if self._trainer is not None:  # what a resume compares against
             checkpoint["contrastlab"]["max_epochs"] = self.trainer.max_epochs
             checkpoint["contrastlab"]["steps_per_epoch"] = int(self.trainer.num_training_batches)
@@ -595,13 +430,6 @@ class ContrastiveMethod(pl.LightningModule):
             torch_states = torch_states.unsqueeze(0)
         if rank < len(torch_states):
             torch.set_rng_state(torch_states[rank].cpu().clone())
-        if "epoch_loss" in state:  # a mid-epoch checkpoint continues the epoch's mean
-            self._epoch_loss, self._epoch_steps = (
-                state["epoch_loss"][0].clone(),
-                state["epoch_loss"][1],
-            )
-        self.knn_untrained = state.get("knn_untrained")
-        self.knn_sizes = dict(state.get("knn_sizes") or {})
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from contrastlab.io import commit_file, stage_file
-from contrastlab.runs.checks import check_options
+from contrastlab.options import check_options
 from contrastlab.runs.resume import load_checkpoint_file
 from contrastlab.runs.signals import StopSignals
 

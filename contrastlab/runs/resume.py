@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contrastlab.io import load_tensors
+from contrastlab.schedules import cosine_with_warmup
 
 
 class CheckpointError(ValueError):
@@ -108,8 +109,6 @@ def schedule_note(
     saved_epochs: int, new_epochs: int, step: int, steps_per_epoch: int, warmup_epochs: float
 ) -> str:
     """What resuming with another ``trainer.max_epochs`` does to the cosine schedule."""
-    from contrastlab.methods.base import cosine_with_warmup
-
     warmup = int(warmup_epochs * steps_per_epoch)
     before = cosine_with_warmup(step, saved_epochs * steps_per_epoch, warmup)
     after = cosine_with_warmup(step, new_epochs * steps_per_epoch, warmup)

@@ -31,10 +31,10 @@ import torch
 import yaml
 
 from contrastlab import __version__
+from contrastlab.app.fit import format_duration
 from contrastlab.io import atomic_write
 from contrastlab.presets import list_grids, preset_dir, preset_path
 from contrastlab.runs.records import read_rows
-from contrastlab.training import format_duration
 
 CELL_FILE = "cell.json"
 SIGNAL_EXITS = {128 + signal.SIGTERM, 128 + signal.SIGUSR1, 128 + signal.SIGINT}
@@ -665,7 +665,7 @@ def _linear_probes(
     """The linear probe (``request.linear``: ``fast`` on cached centre-view features, or the
     ``paper`` protocol of the dataset) of every finished cell lacking one, on the cell's own
     data subsets; stored in ``cell.json`` with both its last and best epoch."""
-    from contrastlab.evaluate import linear_probe
+    from contrastlab.app.evaluate import linear_probe
     from contrastlab.runs.resume import load_checkpoint_file
 
     device = "cuda" if request.device != "cpu" and torch.cuda.is_available() else "cpu"
@@ -697,7 +697,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _write_grid_report(cells: list[Cell], out: Path) -> None:
-    from contrastlab.report import write_report
+    from contrastlab.app.report import write_report
 
     started = [c for c in cells if (c.run_dir / "metrics.csv").is_file()]
     if started:

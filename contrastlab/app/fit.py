@@ -17,8 +17,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from contrastlab.data.module import ContrastDataModule
+from contrastlab.eval.monitors import KnnMonitor, RankMeMonitor, knn_monitor, rankme_monitor
 from contrastlab.io import remove_stale_temporaries
 from contrastlab.methods.base import ContrastiveMethod
+from contrastlab.options import OptionError, check_divides, check_options, suggest_keys
 from contrastlab.precision import cached_precision, choose_precision, default_precision
 from contrastlab.runs.checkpoints import (
     RunCheckpoint,
@@ -28,7 +30,6 @@ from contrastlab.runs.checkpoints import (
     format_bytes,
     free_bytes,
 )
-from contrastlab.runs.checks import OptionError, check_divides, check_options, suggest_keys
 from contrastlab.runs.records import run_loggers
 from contrastlab.runs.resume import (
     CheckpointError,
@@ -39,6 +40,7 @@ from contrastlab.runs.resume import (
     resume_changes,
     schedule_note,
 )
+from contrastlab.runs.statistics import EpochStatistics, epoch_statistics
 
 __all__ = ["ContrastCLI", "RunDirectoryError", "load_checkpoint_file"]
 
@@ -61,15 +63,20 @@ def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[st
     parts = [f"epochs {trainer.current_epoch}", f"steps {trainer.global_step}"]
     if "train/loss_epoch" in metrics:
         parts.append(f"loss {float(metrics['train/loss_epoch']):.2f}")
-    untrained = getattr(pl_module, "knn_untrained", None)
+    monitor = knn_monitor(trainer)
+    untrained = monitor.untrained if monitor is not None else None
     trained = f"{float(metrics['knn/top1']):.2f}%" if "knn/top1" in metrics else None
     if untrained is not None or trained is not None:
         before = f"{untrained:.2f}% untrained" if untrained is not None else None
         after = f"{trained} after {trainer.current_epoch} epochs" if trained else None
         knn = " -> ".join(p for p in (before, after) if p)
-        protocol = getattr(pl_module, "knn_protocol", None)
-        about = protocol() if protocol else f"k={hp.get('knn_k')}, t={hp.get('knn_t')}"
+        about = (
+            monitor.protocol(pl_module)
+            if monitor is not None
+            else f"k={hp.get('knn_k')}, t={hp.get('knn_t')}"
+        )
         parts.append(f"kNN top-1 {knn} ({about})")
+    parts += rankme_summary(trainer)
     if "train/images_per_sec" in metrics:
         parts.append(f"images/s {float(metrics['train/images_per_sec']):.2f}")
     if "train/data_wait" in metrics:
@@ -77,6 +84,19 @@ def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[st
         parts.append(f"data wait {wait:.0%} of step time{input_bound_hint(wait)}")
     parts.append(f"run dir {trainer.default_root_dir}")
     return parts
+
+
+def rankme_summary(trainer: pl.Trainer) -> list[str]:
+    """``RankMe 65.9 untrained -> 120.4 after 10 epochs (2,048 training images, backbone)``."""
+    monitor, metrics = rankme_monitor(trainer), trainer.callback_metrics
+    untrained = (monitor.untrained or {}).get("rankme/value") if monitor is not None else None
+    trained = float(metrics["rankme/value"]) if "rankme/value" in metrics else None
+    if untrained is None and trained is None:
+        return []
+    before = f"{untrained:.1f} untrained" if untrained is not None else None
+    after = f"{trained:.1f} after {trainer.current_epoch} epochs" if trained is not None else None
+    images = f"{monitor.measured_images:,} training images" if monitor else "training images"
+    return [f"RankMe {' -> '.join(p for p in (before, after) if p)} ({images}, backbone)"]
 
 
 def input_bound_hint(wait: float) -> str:
@@ -105,7 +125,8 @@ class RunProgressBar(TQDMProgressBar):
         if self._start is not None and done > 0 and total > trainer.global_step:
             per_step = (time.perf_counter() - self._start) / done
             items["run ETA"] = format_duration(per_step * (total - trainer.global_step))
-        share = getattr(pl_module, "data_wait_share", lambda: None)()
+        statistics = epoch_statistics(trainer)
+        share = statistics.data_wait_share() if statistics is not None else None
         if share is not None:
             items["data wait"] = f"{share:.0%}"
         return items
@@ -162,6 +183,7 @@ class ContrastCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_class_arguments(RankMeMonitor, "rankme")  # added in _instantiate_trainer
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
@@ -197,7 +219,9 @@ class ContrastCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         run_dir = Path(config.get("default_root_dir") or "runs/default")
-        extra: list[pl.Callback] = [RunSummary()]
+        rankme = self.config_init[self.subcommand]["rankme"]
+        # statistics first: the monitors' passes fall outside the epoch's timing
+        extra: list[pl.Callback] = [RunSummary(), EpochStatistics(), KnnMonitor(), rankme]
         own_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not own_bar:
             extra.append(RunProgressBar())
@@ -359,6 +383,7 @@ PLUG_IN_KEYS = {
     "Augment.": "model.augment.",
     "SyntheticNegatives.": "model.synthetic.init_args.",
     "ContrastiveCrop.": "model.crop.init_args.",
+    "RankMeMonitor.": "rankme.",
 }
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
 
 from contrastlab.io import atomic_write
 from contrastlab.methods.base import ContrastiveMethod
@@ -36,38 +35,6 @@ def backbone_state_dict(model: ContrastiveMethod) -> dict[str, torch.Tensor]:
     CPU: torchvision's for the ResNets, timm's for timm models."""
     state = model.backbone.net.state_dict()
     return {k: v.detach().cpu().contiguous() for k, v in state.items() if not k.startswith("fc.")}
-
-
-def _cifar_stem(net: nn.Module) -> nn.Module:
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
-
-
-def torchvision_resnet(arch: str, cifar_stem: bool = False) -> nn.Module:
-    """The torchvision ResNet an export loads into with ``strict=True``: ``fc`` is Identity,
-    and with ``cifar_stem`` the stem is the 3x3/1 convolution without max-pool."""
-    import torchvision
-
-    net = getattr(torchvision.models, arch)(weights=None)
-    net.fc = nn.Identity()
-    return _cifar_stem(net) if cifar_stem else net
-
-
-def timm_resnet(arch: str, cifar_stem: bool = False) -> nn.Module:
-    """The timm ResNet an export loads into with ``strict=True`` (``num_classes=0``)."""
-    import timm
-
-    net = timm.create_model(arch, pretrained=False, num_classes=0)
-    return _cifar_stem(net) if cifar_stem else net
-
-
-def timm_backbone(meta: dict) -> nn.Module:
-    """The timm model a ``timm/<name>`` export loads into with ``strict=True``, from its
-    ``.json``: ``timm.create_model(meta["timm_name"], num_classes=0, **meta["kwargs"])``."""
-    import timm
-
-    return timm.create_model(meta["timm_name"], pretrained=False, num_classes=0, **meta["kwargs"])
 
 
 def detectron2_name(name: str) -> str:
@@ -152,5 +119,6 @@ def _how_to_load(format: str, meta: dict) -> str:
         builder = f"timm.create_model({meta['timm_name']!r}, num_classes=0{kwargs})"
     else:
         tool = "torchvision_resnet" if format == "torchvision" else "timm_resnet"
-        builder = f"contrastlab.export.{tool}({meta['arch']!r}, cifar_stem={meta['cifar_stem']})"
+        arch, stem = meta["arch"], meta["cifar_stem"]
+        builder = f"contrastlab.models.exported.{tool}({arch!r}, cifar_stem={stem})"
     return f"{builder}.load_state_dict({weights}, strict=True)"

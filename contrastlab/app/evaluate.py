@@ -293,8 +293,8 @@ def write_crop_picture(
 ) -> Path:
     """Draw ``contrastlab crops``' picture of a checkpoint: ``images`` seeded training images
     with the encoder's heatmap, its ContrastiveCrop box and ``crops`` sampled crops each."""
+    from contrastlab.app.figures import crop_picture, draw_crop_picture, save_figure
     from contrastlab.data.datasets import images_at
-    from contrastlab.figures import crop_picture, draw_crop_picture, save_figure
 
     checkpoint = load_checkpoint_file(checkpoint_path)
     model = method_from_checkpoint(checkpoint)

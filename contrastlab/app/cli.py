@@ -82,10 +82,10 @@ def rewrite_fit_args(args: list[str]) -> list[str]:
 def fit(args: list[str]) -> None:
     """Train; a user's mistake, a failed save or a diverged loss ends in one line and a non-zero
     exit, and so does a stop by signal (``128 + signum``, after saving)."""
+    from contrastlab.app.fit import ContrastCLI, RunDirectoryError
+    from contrastlab.options import OptionError
     from contrastlab.runs.checkpoints import CheckpointWriteError, NonFiniteLoss, RunStopped
-    from contrastlab.runs.checks import OptionError
     from contrastlab.runs.signals import exit_code, requeue_slurm_job, slurm_job_id
-    from contrastlab.training import ContrastCLI, RunDirectoryError
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args both exist
     try:
@@ -122,7 +122,7 @@ def _checkpoint_parser(prog: str, description: str):
 
 
 def knn(args: list[str]) -> None:
-    from contrastlab.evaluate import knn_grid
+    from contrastlab.app.evaluate import knn_grid
 
     parser = _checkpoint_parser("knn", "Weighted kNN accuracy of a checkpoint (cached features).")
     parser.add_argument("--k", type=int, nargs="+", default=[200], help="neighbours (200)")
@@ -136,7 +136,7 @@ def knn(args: list[str]) -> None:
 
 
 def linear(args: list[str]) -> None:
-    from contrastlab.evaluate import linear_probe
+    from contrastlab.app.evaluate import linear_probe
 
     parser = _checkpoint_parser("linear", "Linear probe on the frozen backbone (BN in eval).")
     parser.add_argument(
@@ -178,7 +178,7 @@ def linear(args: list[str]) -> None:
 
 
 def finetune(args: list[str]) -> None:
-    from contrastlab.evaluate import finetune_checkpoint
+    from contrastlab.app.evaluate import finetune_checkpoint
 
     parser = _checkpoint_parser("finetune", "Fine-tune on a class-balanced labelled subset.")
     parser.add_argument(
@@ -212,8 +212,8 @@ def finetune(args: list[str]) -> None:
 
 
 def export(args: list[str]) -> None:
-    from contrastlab.evaluate import method_from_checkpoint
-    from contrastlab.export import FORMATS, export_backbone
+    from contrastlab.app.evaluate import method_from_checkpoint
+    from contrastlab.app.export import FORMATS, export_backbone
     from contrastlab.runs.resume import load_checkpoint_file
 
     parser = _checkpoint_parser("export", "Write the pretrained backbone for another tool.")
@@ -228,7 +228,7 @@ def export(args: list[str]) -> None:
 def report(args: list[str]) -> None:
     import argparse
 
-    from contrastlab.report import write_report
+    from contrastlab.app.report import write_report
 
     parser = argparse.ArgumentParser(
         prog="contrastlab report", description="An HTML report of one run, or several compared."
@@ -242,7 +242,7 @@ def report(args: list[str]) -> None:
 
 
 def crops(args: list[str]) -> None:
-    from contrastlab.evaluate import write_crop_picture
+    from contrastlab.app.evaluate import write_crop_picture
 
     parser = _checkpoint_parser(
         "crops", "Training images with the encoder's heatmap, ContrastiveCrop box and crops."
@@ -291,8 +291,8 @@ def presets(args: list[str]) -> None:
 def reproduce(args: list[str]) -> None:
     import argparse
 
-    from contrastlab.reproduce import GridError, Request
-    from contrastlab.reproduce import reproduce as run_grid
+    from contrastlab.app.reproduce import GridError, Request
+    from contrastlab.app.reproduce import reproduce as run_grid
 
     split = args.index("--") if "--" in args else len(args)
     parser = argparse.ArgumentParser(

@@ -19,7 +19,7 @@ import matplotlib
 import torch
 from matplotlib.figure import Figure
 
-from contrastlab.figures import save_figure
+from contrastlab.app.figures import save_figure
 
 Series = list[tuple[float, float]]
 
@@ -38,6 +38,10 @@ class Run:
         return self.path / "checkpoints" / "last.ckpt"
 
 
+EPOCH_KEYS = ("knn/", "rankme/")
+"""Monitors plotted against epochs trained (their untrained point, epoch -1, at 0)."""
+
+
 def read_run(path: str | Path) -> Run:
     """Parse ``metrics.csv`` (Lightning's CSV logger) and ``eval/*.json`` of a run directory."""
     path = Path(path)
@@ -50,7 +54,8 @@ def read_run(path: str | Path) -> Run:
             for key, value in row.items():
                 if key in ("epoch", "step") or not value:
                     continue
-                x = float(row["epoch"]) + 1 if key.startswith("knn/") else float(row["step"])
+                by_epoch = key.startswith(EPOCH_KEYS)
+                x = float(row["epoch"]) + 1 if by_epoch else float(row["step"])
                 run.series.setdefault(key, []).append((x, float(value)))
     for result in sorted((path / "eval").glob("*.json")):
         run.results[result.stem] = json.loads(result.read_text())
@@ -129,7 +134,7 @@ def pca_2d(features: torch.Tensor) -> torch.Tensor:
 
 
 def run_embedding(run: Run, subset: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from contrastlab.evaluate import Evaluation
+    from contrastlab.app.evaluate import Evaluation
 
     evaluation = Evaluation.open(run.checkpoint, device=device)
     _, split = evaluation.splits(None, None)
@@ -138,7 +143,7 @@ def run_embedding(run: Run, subset: int, device: str) -> tuple[torch.Tensor, tor
 
 def run_crops(run: Run, out: Path, device: str) -> Path | None:
     """The ContrastiveCrop picture of a run trained with it (``None`` otherwise)."""
-    from contrastlab.evaluate import write_crop_picture
+    from contrastlab.app.evaluate import write_crop_picture
 
     checkpoint = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
     if not (checkpoint.get("hyper_parameters") or {}).get("crop"):
@@ -154,6 +159,7 @@ def final_table(runs: list[Run]) -> str:
         "untrained kNN top-1",
         "final kNN top-1",
         "kNN bank / queries / training set",
+        "RankMe untrained -> final (images)",
         *sorted({k for r in runs for k in r.results}),
     ]
     rows = []
@@ -168,8 +174,9 @@ def final_table(runs: list[Run]) -> str:
             f"{untrained:.2f}%" if untrained is not None else "",
             f"{trained[1]:.2f}%" if trained else "",
             knn_sizes_text(run),
+            rankme_text(run),
         ]
-        for name in columns[5:]:
+        for name in columns[6:]:
             result = run.results.get(name, {})
             top1 = result.get("top1")
             cells.append(f"{top1:.2f}% ({_label(result)})" if top1 is not None else "")
@@ -178,6 +185,18 @@ def final_table(runs: list[Run]) -> str:
         )
     header = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", *columns])
     return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def rankme_text(run: Run) -> str:
+    """``65.9 -> 120.4 (2,048)``: the RankMe monitor's untrained and last values, or empty."""
+    points = run.series.get("rankme/value") or []
+    if not points:
+        return ""
+    first, last = points[0], points[-1]
+    images = run.series.get("rankme/images") or [(0, 0)]
+    start = f"{first[1]:.1f}" if first[0] == 0 else "?"
+    end = f" -> {last[1]:.1f}" if last is not first else ""
+    return f"{start}{end} ({int(images[0][1]):,})"
 
 
 def knn_sizes_text(run: Run) -> str:
@@ -229,6 +248,13 @@ def write_report(
     add("Learning rate", curve_figure(runs, ["train/lr"], "learning rate", "step"), "lr.png")
     knn = curve_figure(runs, ["knn/top1"], "kNN top-1 (%)", "epochs trained (0: untrained)")
     add("kNN accuracy", knn, "knn.png")
+    rank = curve_figure(
+        runs,
+        ["rankme/value"],
+        "RankMe of the backbone's features (effective rank)",
+        "epochs trained (0: untrained)",
+    )
+    add("RankMe (label-free: comparable within one method and backbone)", rank, "rankme.png")
     hardness = curve_figure(runs, hardness_keys(runs), "synthetic-negative hardness", "step")
     add("Hardness of negatives", hardness, "hardness.png")
     notes = []

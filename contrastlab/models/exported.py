@@ -1,6 +1,8 @@
-"""Detection transfer: an exported backbone inside torchvision's Faster R-CNN.
+"""Networks that ``contrastlab export`` files load into, and a detector around one.
 
-The path from a pretrained checkpoint to a detector fine-tune (docs/transfer.md):
+``torchvision_resnet``, ``timm_resnet`` and ``timm_backbone`` are the networks an export loads
+into with ``strict=True`` (each export's ``.json`` names the call). Detection transfer, the
+path from a pretrained checkpoint to a detector fine-tune (docs/transfer.md):
 
     contrastlab export --checkpoint last.ckpt --format torchvision --out backbone.pth
     model = faster_rcnn_from_export("backbone.pth", arch="resnet50", num_classes=21)
@@ -15,10 +17,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from contrastlab.io import load_tensors
+
+
+def _cifar_stem(net: nn.Module) -> nn.Module:
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+def torchvision_resnet(arch: str, cifar_stem: bool = False) -> nn.Module:
+    """The torchvision ResNet an export loads into with ``strict=True``: ``fc`` is Identity,
+    and with ``cifar_stem`` the stem is the 3x3/1 convolution without max-pool."""
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.fc = nn.Identity()
+    return _cifar_stem(net) if cifar_stem else net
+
+
+def timm_resnet(arch: str, cifar_stem: bool = False) -> nn.Module:
+    """The timm ResNet an export loads into with ``strict=True`` (``num_classes=0``)."""
+    import timm
+
+    net = timm.create_model(arch, pretrained=False, num_classes=0)
+    return _cifar_stem(net) if cifar_stem else net
+
+
+def timm_backbone(meta: dict) -> nn.Module:
+    """The timm model a ``timm/<name>`` export loads into with ``strict=True``, from its
+    ``.json``: ``timm.create_model(meta["timm_name"], num_classes=0, **meta["kwargs"])``."""
+    import timm
+
+    return timm.create_model(meta["timm_name"], pretrained=False, num_classes=0, **meta["kwargs"])
 
 
 def faster_rcnn_from_export(

@@ -1,0 +1,260 @@
+"""What a pretraining run measures while it trains, as Lightning callbacks.
+
+:class:`KnnMonitor` is the InstDisc / MoCo kNN monitor: the weighted kNN top-1 of the
+evaluation split's features against the training split's, after every validation pass and once
+before the first step (the untrained encoder, logged at epoch -1). It needs labels.
+
+:class:`RankMeMonitor` needs none: RankMe and the normalised features' spread on a fixed
+sample of training images, at every epoch's end and before the first step.
+
+The module being trained provides what is measured (duck-typed, so any method can be
+monitored): ``monitor_features(uint8 images)``, ``sample_features(batch)``,
+``precision_context()``, ``hparams.knn_k`` / ``knn_t`` / ``knn_features``, and a
+``validation_step`` that returns ``(features, labels)``; the data module provides
+``knn_dataloaders()`` (bank loader, query loader), ``sample_dataloader(count)`` and
+``train_set``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from contrastlab.distributed import gather_cat
+from contrastlab.eval.knn import knn_accuracy
+from contrastlab.eval.spectrum import normalized_std, rankme
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+"""``(features, labels)`` batches of one split, as this process computed them."""
+
+
+def say(trainer: pl.Trainer, line: str) -> None:
+    """Print above the progress bar, if there is one (first process only)."""
+    if trainer.global_rank != 0:
+        return
+    bar = trainer.progress_bar_callback
+    (bar.print if bar is not None else print)(line)
+
+
+class KnnMonitor(pl.Callback):
+    """The kNN monitor of a labelled run.
+
+    Logs ``knn/top1`` (percent; ``k = knn_k`` neighbours weighted ``exp(sim / knn_t)``, cosine
+    similarity of the module's ``monitor_features``) after each validation pass, and before the
+    first training step the untrained encoder's figure at epoch -1 with the sizes it was
+    computed on (``knn/bank_images``, ``knn/query_images``, ``knn/train_images``). The untrained
+    figure and the sizes are saved in checkpoints (``checkpoint["contrastlab"]``), so a resume
+    does not redo the pass.
+    """
+
+    def __init__(self) -> None:
+        self.untrained: float | None = None
+        self.sizes: dict[str, int] = {}
+        self._outputs: tuple[Batches, Batches] = ([], [])
+
+    # ------------------------------------------------------------------ the untrained point
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0 and self.untrained is None:
+            self.measure_untrained(trainer, pl_module)
+
+    @torch.no_grad()
+    def measure_untrained(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = trainer.datamodule
+        loaders = data.knn_dataloaders() if hasattr(data, "knn_dataloaders") else []
+        if not loaders and hasattr(data, "knn_dataloaders"):
+            say(
+                trainer,
+                "contrastlab: no kNN monitor: the data has no labels (a flat folder, or no "
+                "labelled split); the loss and the report's curves are what this run shows",
+            )
+        if not loaders or not trainer.limit_val_batches:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        outputs: tuple[Batches, Batches] = ([], [])
+        with pl_module.precision_context():
+            for loader, output in zip(loaders, outputs, strict=True):
+                for images, _, labels in loader:
+                    images = images.to(pl_module.device, non_blocking=True)
+                    output.append((pl_module.monitor_features(images), labels.to(images.device)))
+        pl_module.train(was_training)
+        self.untrained = self.top1(trainer, pl_module, *outputs)
+        sizes = {f"knn/{name}_images": count for name, count in self.sizes.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics({"knn/top1": self.untrained, **sizes, "epoch": -1}, step=0)
+        say(
+            trainer,
+            f"contrastlab: kNN top-1 of the untrained encoder {self.untrained:.2f}% "
+            f"({self.protocol(pl_module)})",
+        )
+
+    # ------------------------------------------------------------------ each validation pass
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if outputs is not None:
+            self._outputs[dataloader_idx].append(outputs)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bank, queries = self._outputs
+        self._outputs = ([], [])
+        if not bank or not queries or trainer.sanity_checking:
+            return
+        top1 = self.top1(trainer, pl_module, bank, queries)
+        pl_module.log("knn/top1", top1, prog_bar=True, rank_zero_only=True)
+
+    def top1(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, bank: Batches, queries: Batches
+    ) -> float:
+        """The weighted kNN top-1 of this process's batches, gathered from every process;
+        records the bank, query and training-set sizes."""
+        bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
+        query_x, query_y = (gather_cat(torch.cat(t)) for t in zip(*queries, strict=True))
+        self.sizes = {"bank": len(bank_y), "query": len(query_y)}
+        train_set = getattr(trainer.datamodule, "train_set", None)
+        if train_set is not None:
+            self.sizes["train"] = len(train_set)
+        hp = pl_module.hparams
+        return knn_accuracy(query_x, query_y, bank_x, bank_y, k=hp.knn_k, temperature=hp.knn_t)
+
+    def protocol(self, pl_module: pl.LightningModule) -> str:
+        """What the figure was computed with: ``k``, ``t``, the features, and the bank, query
+        and training-set sizes once it has run."""
+        hp = pl_module.hparams
+        text = f"k={hp.knn_k}, t={hp.knn_t}"
+        if hp.get("knn_features", "backbone") == "head":
+            text += ", on the head's output"
+        if self.sizes:
+            text += f"; bank {self.sizes['bank']:,}, queries {self.sizes['query']:,}"
+            if "train" in self.sizes:
+                text += f", training set {self.sizes['train']:,}"
+        return text
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.setdefault("contrastlab", {})
+        state["knn_untrained"] = self.untrained
+        state["knn_sizes"] = dict(self.sizes)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.get("contrastlab") or {}
+        self.untrained = state.get("knn_untrained")
+        self.sizes = dict(state.get("knn_sizes") or {})
+
+
+class RankMeMonitor(pl.Callback):
+    """A label-free learning monitor for every run.
+
+    At each training epoch's end, and once before the first step (epoch -1), the backbone's
+    features of a fixed sample of ``images`` training images (un-augmented; the same images
+    every time, drawn from ``data.seed``) give ``rankme/value``, RankMe (Garrido et al., 2023:
+    the effective rank of the feature matrix, from 1 to the feature width), and
+    ``rankme/feature_std``, the mean per-dimension standard deviation of the L2-normalised
+    features times ``sqrt(d)`` (1 for features spread over the sphere, 0 when collapsed).
+    Both are comparable within one method and backbone over training, not across them. When
+    ``rankme/feature_std`` falls below ``collapse_share`` of the untrained encoder's, a warning
+    says the features are collapsing (once per run). The untrained values are saved in
+    checkpoints (``checkpoint["contrastlab"]["rankme_untrained"]``).
+    """
+
+    def __init__(self, images: int = 2048, collapse_share: float = 0.25) -> None:
+        if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+            raise ValueError(f"RankMeMonitor.images = {images!r} must be an integer >= 0")
+        if not 0 <= collapse_share <= 1:
+            raise ValueError(
+                f"RankMeMonitor.collapse_share = {collapse_share!r} must lie in [0, 1]"
+            )
+        self.images, self.collapse_share = images, collapse_share
+        self.untrained: dict[str, float] | None = None
+        self.measured_images = 0  # the sample's size, once measured (the split may be smaller)
+        self.warned = False
+
+    @torch.no_grad()
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """``{"rankme/value", "rankme/feature_std", "rankme/images"}`` of the sample now."""
+        loader = trainer.datamodule.sample_dataloader(self.images)
+        was_training = pl_module.training
+        pl_module.eval()
+        with pl_module.precision_context():
+            parts = [pl_module.sample_features(batch) for batch in loader]
+        pl_module.train(was_training)
+        features = gather_cat(torch.cat(parts))
+        self.measured_images = len(features)
+        spread = normalized_std(features) * math.sqrt(features.shape[1])
+        return {
+            "rankme/value": rankme(features),
+            "rankme/feature_std": spread,
+            "rankme/images": float(len(features)),
+        }
+
+    def _usable(self, trainer: pl.Trainer) -> bool:
+        return hasattr(trainer.datamodule, "sample_dataloader") and self.images > 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != 0 or self.untrained is not None or not self._usable(trainer):
+            return
+        self.untrained = self.measure(trainer, pl_module)
+        for logger in trainer.loggers:
+            logger.log_metrics({**self.untrained, "epoch": -1}, step=0)
+        say(
+            trainer,
+            f"contrastlab: RankMe of the untrained encoder {self.untrained['rankme/value']:.1f} "
+            f"(feature std x sqrt(d) {self.untrained['rankme/feature_std']:.3f}; "
+            f"{int(self.untrained['rankme/images']):,} training images, backbone features)",
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._usable(trainer):
+            return
+        values = self.measure(trainer, pl_module)
+        pl_module.log("rankme/value", values["rankme/value"], prog_bar=True, logger=False)
+        pl_module.log("rankme/feature_std", values["rankme/feature_std"], logger=False)
+        for logger in trainer.loggers:
+            logger.log_metrics({**values, "epoch": trainer.current_epoch}, trainer.global_step - 1)
+        self._warn_on_collapse(trainer, values["rankme/feature_std"])
+
+    def _warn_on_collapse(self, trainer: pl.Trainer, spread: float) -> None:
+        before = (self.untrained or {}).get("rankme/feature_std")
+        floor = self.collapse_share * before if before else 0.01
+        if spread < floor and not self.warned and trainer.global_rank == 0:
+            self.warned = True
+            warnings.warn(
+                f"the features are collapsing: their normalised std x sqrt(d) is {spread:.4f} "
+                f"after epoch {trainer.current_epoch}, under {floor:.4f} "
+                f"({self.collapse_share:g} of the untrained encoder's); a lower learning rate, "
+                "a longer warm-up or stronger views may help",
+                stacklevel=2,
+            )
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("contrastlab", {})["rankme_untrained"] = self.untrained
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        self.untrained = (checkpoint.get("contrastlab") or {}).get("rankme_untrained")
+
+
+def knn_monitor(trainer: pl.Trainer) -> KnnMonitor | None:
+    """The trainer's kNN monitor, if it has one."""
+    return next((c for c in trainer.callbacks if isinstance(c, KnnMonitor)), None)
+
+
+def rankme_monitor(trainer: pl.Trainer) -> RankMeMonitor | None:
+    """The trainer's RankMe monitor, if it has one."""
+    return next((c for c in trainer.callbacks if isinstance(c, RankMeMonitor)), None)

@@ -1,0 +1,122 @@
+"""The label-free monitor: RankMe and the normalised features' spread, against independent
+computations and the cases whose answer is known; the callback on a stand-in module."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from contrastlab.eval.monitors import RankMeMonitor
+from contrastlab.eval.spectrum import normalized_std, rankme
+
+
+def rankme_by_hand(x: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe from the Gram matrix's eigenvalues (singular values are their square roots)."""
+    eigen = torch.linalg.eigvalsh(x.double().T @ x.double()).clamp(min=0)
+    singular = eigen.sqrt()
+    p = singular / singular.sum() + eps
+    return math.exp(-sum(float(v) * math.log(float(v)) for v in p))
+
+
+def test_rankme_of_two_known_singular_values():
+    """Singular values 3 and 1: p = (3/4, 1/4), RankMe = exp(H) = 4 / 3^(3/4) = 1.7548."""
+    x = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    assert rankme(x, eps=0.0) == pytest.approx(4 / 3**0.75, rel=1e-9)
+
+
+def test_rankme_matches_the_gram_matrix_reference():
+    torch.manual_seed(0)
+    x = torch.randn(300, 40) @ torch.diag(torch.linspace(0.1, 3.0, 40))
+    assert rankme(x) == pytest.approx(rankme_by_hand(x), rel=1e-6)
+
+
+def test_a_constant_encoder_has_rank_one_and_no_spread():
+    x = torch.randn(1, 64).expand(512, 64)
+    assert rankme(x) == pytest.approx(1.0, abs=1e-3)
+    assert normalized_std(x) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_gaussian_embeddings_use_every_dimension():
+    torch.manual_seed(0)
+    d = 64
+    x = torch.randn(8192, d)
+    assert d * 0.95 < rankme(x) <= d
+    assert normalized_std(x) * math.sqrt(d) == pytest.approx(1.0, abs=0.02)
+    # half the dimensions dead: the effective rank halves
+    assert d / 2 * 0.95 < rankme(torch.cat([x[:, : d // 2], torch.zeros(8192, d // 2)], 1)) <= d / 2
+
+
+class StandIn(nn.Module):
+    """What the monitor asks of a module: features of a sample batch, precision, log."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        super().__init__()
+        self.value = features
+        self.logged: dict[str, float] = {}
+
+    def sample_features(self, batch) -> torch.Tensor:
+        return self.value[batch]
+
+    def precision_context(self):
+        return nullcontext()
+
+    def log(self, name: str, value: float, **kwargs) -> None:
+        self.logged[name] = value
+
+
+def stand_in_trainer(images: int) -> SimpleNamespace:
+    batches = [torch.arange(i, min(i + 100, images)) for i in range(0, images, 100)]
+    data = SimpleNamespace(sample_dataloader=lambda count: batches)
+    logger = SimpleNamespace(rows=[])
+    logger.log_metrics = lambda metrics, step: logger.rows.append((step, dict(metrics)))
+    return SimpleNamespace(
+        datamodule=data,
+        global_step=0,
+        global_rank=0,
+        current_epoch=0,
+        loggers=[logger],
+        progress_bar_callback=None,
+    )
+
+
+def test_the_monitor_logs_the_untrained_point_and_warns_on_collapse(capsys):
+    torch.manual_seed(0)
+    trainer = stand_in_trainer(400)
+    module = StandIn(torch.randn(400, 32))
+    monitor = RankMeMonitor(images=400)
+    monitor.on_train_start(trainer, module)
+    step, first = trainer.loggers[0].rows[0]
+    assert step == 0 and first["epoch"] == -1 and first["rankme/images"] == 400
+    assert first["rankme/value"] == pytest.approx(rankme_by_hand(module.value), rel=1e-6)
+    assert "RankMe of the untrained encoder" in capsys.readouterr().out
+
+    module.value = torch.randn(1, 32).expand(400, 32).clone()  # every image one direction
+    trainer.current_epoch, trainer.global_step = 3, 40
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor.on_train_epoch_end(trainer, module)
+        monitor.on_train_epoch_end(trainer, module)  # warned once
+    assert module.logged["rankme/value"] == pytest.approx(1.0, abs=1e-3)
+    assert module.logged["rankme/feature_std"] == pytest.approx(0.0, abs=1e-6)
+    assert [str(w.message).startswith("the features are collapsing") for w in caught] == [True]
+    assert trainer.loggers[0].rows[-1][1]["epoch"] == 3
+
+
+def test_the_untrained_point_survives_a_checkpoint():
+    trainer = stand_in_trainer(200)
+    monitor = RankMeMonitor(images=200)
+    monitor.on_train_start(trainer, StandIn(torch.randn(200, 8)))
+    checkpoint: dict = {}
+    monitor.on_save_checkpoint(trainer, None, checkpoint)
+    resumed = RankMeMonitor(images=200)
+    resumed.on_load_checkpoint(trainer, None, checkpoint)
+    assert resumed.untrained == monitor.untrained
+    trainer.global_step = 5
+    resumed.on_train_start(trainer, StandIn(torch.randn(200, 8)))  # not measured again
+    assert len(trainer.loggers[0].rows) == 1
