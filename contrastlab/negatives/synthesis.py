@@ -12,7 +12,10 @@ carries gradient into ``q`` only. Kinds, in column order (:attr:`SyntheticNegati
 5. perturbed     ``s = norm(n + delta sg(q))``        (a gradient step on ``q . n``)
 6. adversarial   ``s = norm(n + eta sign(sg(q)))``
 
-:meth:`SyntheticNegatives.forward` computes the logits without building ``(B, n_syn, d)``
+Each kind is one class below (:class:`Interpolated` ... :class:`Adversarial`, in
+:data:`KIND_RULES`) holding, side by side, its coefficient draw, its reference vector and its
+closed-form logit. :meth:`SyntheticNegatives.__call__` computes the logits without building
+``(B, n_syn, d)``
 tensors: with ``c = q . n`` (the bank logits, carrying gradient) and ``q . sg(q)`` (value 1,
 gradient ``sg(q)``), kinds 1, 2 and 5 are ratios whose norms follow from ``c`` alone, e.g.
 ``||a q + (1 - a) n||^2 = a^2 + (1 - a)^2 + 2 a (1 - a) c``; kinds 3 and 6 need one detached dot
@@ -28,8 +31,6 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-KINDS = ("interpolated", "extrapolated", "mixup", "noise", "perturbed", "adversarial")
-
 
 @dataclass(frozen=True)
 class Pool:
@@ -38,6 +39,170 @@ class Pool:
 
     index: torch.Tensor
     logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The random draws of one batch: pool positions and coefficients from one generator."""
+
+    batch: int
+    dim: int
+    pool_size: int
+    device: torch.device
+    generator: torch.Generator | None
+
+    def pick(self, count: int) -> torch.Tensor:
+        """Pool positions ``(B, count)``, uniform with replacement."""
+        shape = (self.batch, count)
+        return torch.randint(0, self.pool_size, shape, generator=self.generator, device=self.device)
+
+    def uniform(self, count: int, low: float, high: float) -> torch.Tensor:
+        """``U(low, high)`` coefficients ``(B, count)``."""
+        u = torch.rand(self.batch, count, generator=self.generator, device=self.device)
+        return low + (high - low) * u
+
+    def normal(self, count: int, std: float) -> torch.Tensor:
+        """``N(0, std^2 I)`` vectors ``(B, count, d)``."""
+        e = torch.randn(self.batch, count, self.dim, generator=self.generator, device=self.device)
+        return e * std
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What every kind's logit and vector are computed from: the queries ``q`` (with
+    gradient), ``q_self = q . sg(q)`` (value 1, gradient ``sg(q)``), the hard pool and the
+    bank, and the step sizes of kinds 4-6."""
+
+    q: torch.Tensor
+    q_self: torch.Tensor
+    pool: Pool
+    bank: torch.Tensor
+    sigma: float
+    delta: float
+    eta: float
+
+    def logit(self, picks: torch.Tensor) -> torch.Tensor:
+        """``q . n`` of the sources at pool positions ``picks``, with gradient into ``q``."""
+        return self.pool.logits.gather(1, picks)
+
+    def source(self, picks: torch.Tensor) -> torch.Tensor:
+        """Detached source vectors ``(B, k, d)`` at pool positions ``picks (B, k)``."""
+        return self.bank.detach()[self.pool.index.gather(1, picks)]
+
+    @property
+    def q_bar(self) -> torch.Tensor:
+        """``sg(q)`` as ``(B, 1, d)``."""
+        return self.q.detach()[:, None, :]
+
+
+def two_point(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """``q . norm(w u + (1 - w) v)`` for unit ``u``, ``v`` with ``x = q . u``, ``y = q . v``: the
+    numerator carries their gradients; the norm uses the detached ``xy = u . v``."""
+    norm2 = w**2 + (1 - w) ** 2 + 2 * w * (1 - w) * xy.detach()
+    return (w * x + (1 - w) * y) / norm2.clamp_min(1e-12).sqrt()
+
+
+class Interpolated:
+    """1. ``s = norm(a sg(q) + (1 - a) n)``, ``a ~ U(0, 0.5)``: towards the query (harder)."""
+
+    def draw(self, draw: Draw, count: int, b: Batch) -> dict[str, torch.Tensor]:
+        return {"i": draw.pick(count), "a": draw.uniform(count, 0.0, 0.5)}
+
+    def vector(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        a = d["a"][..., None]
+        return a * b.q_bar + (1 - a) * b.source(d["i"])
+
+    def logit(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = b.logit(d["i"])  # ||a q + (1 - a) n||^2 = a^2 + (1 - a)^2 + 2 a (1 - a) c
+        return two_point(b.q_self, c, d["a"], c)
+
+
+class Extrapolated:
+    """2. ``s = norm(sg(q) + b (n - sg(q)))``, ``b ~ U(1, 1.5)``: beyond the source (easier)."""
+
+    def draw(self, draw: Draw, count: int, b: Batch) -> dict[str, torch.Tensor]:
+        return {"i": draw.pick(count), "b": draw.uniform(count, 1.0, 1.5)}
+
+    def vector(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return b.q_bar + d["b"][..., None] * (b.source(d["i"]) - b.q_bar)
+
+    def logit(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = b.logit(d["i"])  # the interpolation's formula with weight 1 - b on the query
+        return two_point(b.q_self, c, 1 - d["b"], c)
+
+
+class Mixup:
+    """3. ``s = norm(g n_i + (1 - g) n_j)``, ``g ~ U(0, 1)``: two pool entries mixed (MoCHi)."""
+
+    def draw(self, draw: Draw, count: int, b: Batch) -> dict[str, torch.Tensor]:
+        return {"i": draw.pick(count), "j": draw.pick(count), "g": draw.uniform(count, 0.0, 1.0)}
+
+    def vector(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        g = d["g"][..., None]
+        return g * b.source(d["i"]) + (1 - g) * b.source(d["j"])
+
+    def logit(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        n_i, n_j = b.source(d["i"]), b.source(d["j"])  # one detached n_i . n_j per synthetic
+        return two_point(b.logit(d["i"]), b.logit(d["j"]), d["g"], (n_i * n_j).sum(-1))
+
+
+class Noise:
+    """4. ``s = norm(n + e)``, ``e ~ N(0, sigma^2 I)``."""
+
+    def draw(self, draw: Draw, count: int, b: Batch) -> dict[str, torch.Tensor]:
+        e = draw.normal(count, b.sigma)  # drawn before the sources (the order draws are taken)
+        return {"i": draw.pick(count), "e": e}
+
+    def vector(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return b.source(d["i"]) + d["e"]
+
+    def logit(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        e, n = d["e"], b.source(d["i"])
+        norm2 = 1 + 2 * (n * e).sum(-1) + (e * e).sum(-1)
+        return (b.logit(d["i"]) + torch.einsum("bd,bkd->bk", b.q, e)) / norm2.sqrt()
+
+
+class Perturbed:
+    """5. ``s = norm(n + delta sg(q))``: a gradient step on ``q . n`` (its gradient in ``n``)."""
+
+    def draw(self, draw: Draw, count: int, b: Batch) -> dict[str, torch.Tensor]:
+        return {"i": draw.pick(count)}
+
+    def vector(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return b.source(d["i"]) + b.delta * b.q_bar
+
+    def logit(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = b.logit(d["i"])
+        norm2 = 1 + b.delta**2 * b.q_self.detach() + 2 * b.delta * c.detach()
+        return (c + b.delta * b.q_self) / norm2.sqrt()
+
+
+class Adversarial:
+    """6. ``s = norm(n + eta sign(sg(q)))``: a signed (FGSM) step towards the query."""
+
+    def draw(self, draw: Draw, count: int, b: Batch) -> dict[str, torch.Tensor]:
+        return {"i": draw.pick(count)}
+
+    def vector(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        return b.source(d["i"]) + b.eta * torch.sign(b.q_bar)
+
+    def logit(self, b: Batch, d: dict[str, torch.Tensor]) -> torch.Tensor:
+        sign = torch.sign(b.q.detach())
+        n_sign = torch.einsum("bkd,bd->bk", b.source(d["i"]), sign)  # one dot per synthetic
+        norm2 = 1 + 2 * b.eta * n_sign + b.eta**2 * (sign * sign).sum(1, keepdim=True)
+        return (b.logit(d["i"]) + b.eta * (b.q * sign).sum(1, keepdim=True)) / norm2.sqrt()
+
+
+KIND_RULES = {
+    "interpolated": Interpolated(),
+    "extrapolated": Extrapolated(),
+    "mixup": Mixup(),
+    "noise": Noise(),
+    "perturbed": Perturbed(),
+    "adversarial": Adversarial(),
+}
+"""Each kind's draw, reference vector and closed-form logit, in column order."""
+KINDS = tuple(KIND_RULES)
 
 
 class SyntheticNegatives:
@@ -146,54 +311,34 @@ class SyntheticNegatives:
         top = scores.topk(min(self.n_hard, available), dim=1).indices
         return Pool(top, logits.gather(1, top))
 
-    def _draws(
-        self,
-        batch: int,
-        dim: int,
-        pool_size: int,
-        device: torch.device,
-        generator: torch.Generator | None,
+    def draws(
+        self, b: Batch, generator: torch.Generator | None
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Every random quantity, kind by kind in column order (so both paths consume the
-        generator identically): source positions in the pool and coefficients."""
+        generator identically): each kind's source positions in the pool and coefficients."""
+        q = b.q
+        draw = Draw(len(q), q.shape[1], b.pool.index.shape[1], q.device, generator)
+        return {kind: KIND_RULES[kind].draw(draw, count, b) for kind, count in self.layout}
 
-        def pick(count: int) -> torch.Tensor:
-            return torch.randint(0, pool_size, (batch, count), generator=generator, device=device)
-
-        def uniform(count: int, low: float, high: float) -> torch.Tensor:
-            u = torch.rand(batch, count, generator=generator, device=device)
-            return low + (high - low) * u
-
-        draws: dict[str, dict[str, torch.Tensor]] = {}
-        for kind, count in self.layout:
-            if kind == "interpolated":
-                draws[kind] = {"i": pick(count), "a": uniform(count, 0.0, 0.5)}
-            elif kind == "extrapolated":
-                draws[kind] = {"i": pick(count), "b": uniform(count, 1.0, 1.5)}
-            elif kind == "mixup":
-                draws[kind] = {"i": pick(count), "j": pick(count), "g": uniform(count, 0.0, 1.0)}
-            elif kind == "noise":
-                e = torch.randn(batch, count, dim, generator=generator, device=device)
-                draws[kind] = {"i": pick(count), "e": e * self.sigma}
-            else:  # perturbed, adversarial: sources only
-                draws[kind] = {"i": pick(count)}
-        return draws
-
-    def _prepare(
+    def prepare(
         self,
         q: torch.Tensor,
         bank: torch.Tensor,
         bank_logits: torch.Tensor | None,
         exclude: torch.Tensor | None,
         generator: torch.Generator | None,
-    ) -> tuple[Pool, dict[str, dict[str, torch.Tensor]]]:
+    ) -> tuple[Batch, dict[str, dict[str, torch.Tensor]]]:
+        """The hard pool and every random draw of one call: what :meth:`__call__` and
+        :meth:`materialize` compute from (``draws[kind]``: ``i`` (and ``j``) pool positions
+        ``(B, count)``, and the kind's coefficients ``a``, ``b``, ``g`` or noise ``e``)."""
         if q.ndim != 2 or bank.ndim != 2 or q.shape[1] != bank.shape[1]:
             raise ValueError(
                 f"need q (B, d) and bank (M, d), got {tuple(q.shape)} and {tuple(bank.shape)}"
             )
         pool = self.hard_pool(q, bank, bank_logits, exclude)
-        draws = self._draws(len(q), q.shape[1], pool.index.shape[1], q.device, generator)
-        return pool, draws
+        q_self = (q * q.detach()).sum(1, keepdim=True)  # value ||q||^2 = 1, gradient sg(q)
+        b = Batch(q, q_self, pool, bank, self.sigma, self.delta, self.eta)
+        return b, self.draws(b, generator)
 
     # ------------------------------------------------------------------ fast logits
 
@@ -208,57 +353,8 @@ class SyntheticNegatives:
         """``(B, n_syn)`` logits ``q . s`` of every synthetic, gradient into ``q`` only."""
         if self.total == 0:
             return q.new_zeros(len(q), 0)
-        pool, draws = self._prepare(q, bank, bank_logits, exclude, generator)
-        q_bar = q.detach()
-        q_self = (q * q_bar).sum(1, keepdim=True)  # value ||q||^2 = 1, gradient sg(q)
-        columns = []
-        for kind, _ in self.layout:
-            d = draws[kind]
-            c = pool.logits.gather(1, d["i"])  # q . n of each source, with gradient
-            columns.append(getattr(self, f"_{kind}_logits")(q, q_bar, q_self, c, pool, bank, d))
-        return torch.cat(columns, dim=1)
-
-    @staticmethod
-    def _two_point(
-        x: torch.Tensor, y_logit: torch.Tensor, w: torch.Tensor, xy: torch.Tensor
-    ) -> torch.Tensor:
-        """``q . norm(w x + (1 - w) y)`` for unit ``x``, ``y``: the numerator carries the
-        gradient of ``q . x`` (= ``x``) and ``q . y``; the norm uses detached ``x . y``."""
-        norm2 = w**2 + (1 - w) ** 2 + 2 * w * (1 - w) * xy.detach()
-        return (w * x + (1 - w) * y_logit) / norm2.clamp_min(1e-12).sqrt()
-
-    def _interpolated_logits(self, q, q_bar, q_self, c, pool, bank, d):
-        return self._two_point(q_self, c, d["a"], c)
-
-    def _extrapolated_logits(self, q, q_bar, q_self, c, pool, bank, d):
-        return self._two_point(q_self, c, 1 - d["b"], c)
-
-    def _mixup_logits(self, q, q_bar, q_self, c, pool, bank, d):
-        c_j = pool.logits.gather(1, d["j"])
-        n_i, n_j = self._sources(pool, bank, d["i"]), self._sources(pool, bank, d["j"])
-        return self._two_point(c, c_j, d["g"], (n_i * n_j).sum(-1))
-
-    def _noise_logits(self, q, q_bar, q_self, c, pool, bank, d):
-        e = d["e"]
-        n = self._sources(pool, bank, d["i"])
-        norm2 = 1 + 2 * (n * e).sum(-1) + (e * e).sum(-1)
-        q_e = torch.einsum("bd,bkd->bk", q, e)
-        return (c + q_e) / norm2.sqrt()
-
-    def _perturbed_logits(self, q, q_bar, q_self, c, pool, bank, d):
-        norm2 = 1 + self.delta**2 * q_self.detach() + 2 * self.delta * c.detach()
-        return (c + self.delta * q_self) / norm2.sqrt()
-
-    def _adversarial_logits(self, q, q_bar, q_self, c, pool, bank, d):
-        sign = torch.sign(q_bar)
-        n_sign = torch.einsum("bkd,bd->bk", self._sources(pool, bank, d["i"]), sign)
-        norm2 = 1 + 2 * self.eta * n_sign + self.eta**2 * (sign * sign).sum(1, keepdim=True)
-        return (c + self.eta * (q * sign).sum(1, keepdim=True)) / norm2.sqrt()
-
-    @staticmethod
-    def _sources(pool: Pool, bank: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
-        """Detached source vectors ``(B, k, d)`` for pool positions ``picks (B, k)``."""
-        return bank.detach()[pool.index.gather(1, picks)]
+        b, draws = self.prepare(q, bank, bank_logits, exclude, generator)
+        return torch.cat([KIND_RULES[kind].logit(b, draws[kind]) for kind, _ in self.layout], 1)
 
     # ------------------------------------------------------------------ reference vectors
 
@@ -273,28 +369,9 @@ class SyntheticNegatives:
         """``(B, n_syn, d)`` detached unit synthetic vectors, straight from the equations."""
         if self.total == 0:
             return q.new_zeros(len(q), 0, q.shape[1])
-        pool, draws = self._prepare(q, bank, bank_logits, exclude, generator)
-        q_bar = q.detach()[:, None, :]
-        vectors = []
-        for kind, _ in self.layout:
-            d = draws[kind]
-            n = self._sources(pool, bank, d["i"])
-            if kind == "interpolated":
-                a = d["a"][..., None]
-                s = a * q_bar + (1 - a) * n
-            elif kind == "extrapolated":
-                s = q_bar + d["b"][..., None] * (n - q_bar)
-            elif kind == "mixup":
-                g = d["g"][..., None]
-                s = g * n + (1 - g) * self._sources(pool, bank, d["j"])
-            elif kind == "noise":
-                s = n + d["e"]
-            elif kind == "perturbed":
-                s = n + self.delta * q_bar
-            else:
-                s = n + self.eta * torch.sign(q_bar)
-            vectors.append(F.normalize(s, dim=-1))
-        return torch.cat(vectors, dim=1).detach()
+        b, draws = self.prepare(q, bank, bank_logits, exclude, generator)
+        vectors = [KIND_RULES[kind].vector(b, draws[kind]) for kind, _ in self.layout]
+        return F.normalize(torch.cat(vectors, dim=1), dim=-1).detach()
 
     def kinds_of_columns(self) -> list[str]:
         """The kind of every output column, in order."""
