@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from contrastlab.models.backbones import build_backbone
-from contrastlab.views.localize import boxes_from_heatmaps, heatmaps
+from contrastlab.views.contrastive_crop import boxes_from_heatmaps, heatmaps
 
 
 def object_images(count: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +123,7 @@ def main() -> None:
         )
     )
     if args.checkpoint:
-        from contrastlab.app.evaluate import method_from_checkpoint
-        from contrastlab.runs.resume import load_checkpoint_file
+        from contrastlab.runs.resume import load_checkpoint_file, method_from_checkpoint
 
         model = method_from_checkpoint(load_checkpoint_file(args.checkpoint)).eval()
         with torch.no_grad():

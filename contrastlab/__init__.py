@@ -28,6 +28,8 @@ MOVED: dict[str, tuple[str, ...]] = {
     "contrastlab.reproduce": ("contrastlab.app.reproduce",),
     "contrastlab.transfer": ("contrastlab.models.exported",),
     "contrastlab.runs.checks": ("contrastlab.options",),
+    "contrastlab.views.boxes": ("contrastlab.views.contrastive_crop",),
+    "contrastlab.views.localize": ("contrastlab.views.contrastive_crop",),
 }
 """Old module name -> the module(s) its names live in now (looked up in order)."""
 

@@ -19,6 +19,11 @@ class OptionError(ValueError):
     """A user's option is outside its allowed range (the message is one line)."""
 
 
+class Note(UserWarning):
+    """A one-line note for the user: an option set aside, a choice made for them. The command
+    line prints it as ``contrastlab: <message>``; in a script it is an ordinary warning."""
+
+
 @dataclass(frozen=True)
 class Range:
     """``low <(=) value <(=) high``; ``integer`` also requires a whole number."""

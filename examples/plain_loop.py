@@ -10,15 +10,16 @@ store, the key queue, the synthetic negatives, the losses, the backbone.
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 from torch.nn import functional as F
 
 from contrastlab.data.readers import read_cifar
 from contrastlab.models import ResNetBackbone, mlp_head
+from contrastlab.models.momentum import frozen_copy, momentum_update
 from contrastlab.negatives import KeyQueue, SyntheticNegatives, infonce_logits, infonce_loss
 from contrastlab.views import Augment, ContrastiveCrop, ViewSampler, localize_boxes
+from contrastlab.views.augment import whole_view
 
 
 def load_images(args: argparse.Namespace) -> torch.Tensor:
@@ -28,28 +29,16 @@ def load_images(args: argparse.Namespace) -> torch.Tensor:
     return read_cifar(args.data, "cifar10", "train").images[: args.images]
 
 
-def normalise(images: torch.Tensor, augment: Augment) -> torch.Tensor:
-    mean = torch.tensor(augment.mean).view(1, 3, 1, 1)
-    std = torch.tensor(augment.std).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
-
-
 @torch.no_grad()
 def relocalize(encoder, images, crop: ContrastiveCrop, augment: Augment, batch: int) -> None:
     """Every image's box from the encoder's last feature map (eval mode, whole images)."""
     encoder.eval()
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        maps = encoder.feature_map(normalise(chunk, augment))
+        maps = encoder.feature_map(whole_view(chunk, augment))
         indices = torch.arange(start, start + len(chunk))
         crop.update(indices, localize_boxes(maps, chunk.shape[-2:], crop.threshold))
     encoder.train()
-
-
-@torch.no_grad()
-def momentum_update(online: torch.nn.Module, target: torch.nn.Module, m: float) -> None:
-    for p_online, p_target in zip(online.parameters(), target.parameters(), strict=True):
-        p_target.mul_(m).add_(p_online.detach(), alpha=1 - m)
 
 
 def train(args: argparse.Namespace) -> list[float]:
@@ -58,9 +47,7 @@ def train(args: argparse.Namespace) -> list[float]:
     augment = Augment(size=args.size)
     encoder = ResNetBackbone("resnet18", cifar_stem=True, bn_splits=2)  # 4x4 maps at 32 px
     head = mlp_head(encoder.feature_dim, 512, 128)
-    key_encoder, key_head = copy.deepcopy(encoder), copy.deepcopy(head)
-    for p in [*key_encoder.parameters(), *key_head.parameters()]:
-        p.requires_grad = False
+    key_encoder, key_head = frozen_copy(encoder), frozen_copy(head)
     crop = ContrastiveCrop(alpha=0.1, threshold=0.1, warmup_epochs=1, interval=1)
     crop.reset(len(images))
     views = ViewSampler([augment, augment], box_sampler=crop, seed=0)

@@ -21,10 +21,11 @@ from contrastlab.data.errors import DatasetError
 from contrastlab.data.index import INDEX_NAME, folder_index
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.data.sampling import whole_images
-from contrastlab.methods.base import unpack, whole_view
+from contrastlab.methods.base import unpack
 from contrastlab.runs.records import read_rows
 from contrastlab.views import Augment, ViewSampler, crop_and_resize, random_resized_boxes
-from contrastlab.views.localize import center_suppressed_boxes
+from contrastlab.views.augment import whole_view
+from contrastlab.views.contrastive_crop import center_suppressed_boxes
 
 SIZES = [(h, w) for _, h, w, _, _ in PHOTO_SHAPES] + [(60, 400), (500, 375), (1080, 1920)]
 

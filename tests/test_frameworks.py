@@ -10,16 +10,15 @@ from conftest import CCROP_FIRST, QUIET_BATCHES_OF_16, fit_run
 from torch.nn import functional as F
 
 from contrastlab.app.cli import main
-from contrastlab.app.evaluate import method_from_checkpoint
 from contrastlab.app.figures import crop_picture
 from contrastlab.methods import SimCLR
-from contrastlab.methods.base import whole_view
 from contrastlab.methods.byol import byol_loss, cosine_momentum
 from contrastlab.methods.simsiam import simsiam_loss
 from contrastlab.negatives import SyntheticNegatives
 from contrastlab.negatives.losses import ntxent_logits, ntxent_loss
-from contrastlab.runs.resume import load_checkpoint_file
+from contrastlab.runs.resume import load_checkpoint_file, method_from_checkpoint
 from contrastlab.views import ContrastiveCrop, boxes_from_heatmaps, localize_boxes
+from contrastlab.views.augment import whole_view
 
 
 def slow_ntxent(z: torch.Tensor, partner: list[int], temperature: float) -> float:

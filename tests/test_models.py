@@ -2,8 +2,8 @@ import torch
 from torch import nn
 
 from contrastlab.eval import knn_predict
-from contrastlab.methods.mocov2 import momentum_update
 from contrastlab.models import ResNetBackbone, SplitBatchNorm
+from contrastlab.models.momentum import momentum_update
 from contrastlab.schedules import cosine_with_warmup
 
 

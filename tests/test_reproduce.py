@@ -249,7 +249,7 @@ def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
     tmp_path: Path, tiny_cifar: Path
 ) -> None:
     out = tmp_path / "grid"
-    common = ["--out", str(out), "--data-root", str(tiny_cifar), "--device", "cpu"]
+    common = ["--out", str(out), "--data.root", str(tiny_cifar), "--device", "cpu"]
     first = reproduce(*common, "--only", "mocov2", "--", *TINY)
     assert first.returncode == 0, first.stdout + first.stderr
     assert cell_state(out, "mocov2")["status"] == "done"
@@ -306,7 +306,7 @@ def test_the_smoke_grid_trains_every_cell_and_resumes_without_rerunning(
 @pytest.mark.slow
 def test_a_failing_cell_is_reported_and_retried(tmp_path: Path, tiny_cifar: Path) -> None:
     out = tmp_path / "grid"
-    args = ["--out", str(out), "--data-root", str(tiny_cifar), "--only", "simclr"]
+    args = ["--out", str(out), "--data.root", str(tiny_cifar), "--only", "simclr"]
     failed = reproduce(*args, "--", *TINY, "--model.queue_size", "40")  # SimCLR has no queue
     assert failed.returncode == 1
     assert "simclr seed 0: failed (exit" in failed.stdout and "queue_size" in failed.stdout
@@ -324,7 +324,7 @@ def test_ctrl_c_stops_the_running_cell_after_it_saved_and_the_rerun_continues_it
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, once the cell has
     written its first checkpoint; the next run resumes that checkpoint."""
     out = tmp_path / "grid"
-    args = ["--out", str(out), "--data-root", str(tiny_cifar), "--only", "simclr"]
+    args = ["--out", str(out), "--data.root", str(tiny_cifar), "--only", "simclr"]
     args += ["--epochs", "20", "--", *TINY]
     command = [sys.executable, "-m", "contrastlab", "reproduce", *args]
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)

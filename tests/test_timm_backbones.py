@@ -11,14 +11,14 @@ from conftest import CCROP_FIRST, QUIET_BATCHES_OF_16, fit_run
 from safetensors.torch import load_file
 
 from contrastlab.app.cli import main
-from contrastlab.app.evaluate import method_from_checkpoint
 from contrastlab.app.export import export_backbone
 from contrastlab.methods import MoCoV2, SimCLR
-from contrastlab.methods.base import whole_view
 from contrastlab.models.backbones import TimmBackbone, build_backbone
 from contrastlab.models.exported import timm_backbone
-from contrastlab.runs.resume import load_checkpoint_file
+from contrastlab.options import Note
+from contrastlab.runs.resume import load_checkpoint_file, method_from_checkpoint
 from contrastlab.views import ContrastiveCrop, localize_boxes
+from contrastlab.views.augment import whole_view
 
 TINY = {
     "vit": (
@@ -40,17 +40,10 @@ def tiny(kind: str, **kwargs) -> dict:
 
 
 def cli_backbone(kind: str) -> list[str]:
+    """A timm backbone on a CIFAR preset: nothing else to set (the preset's CIFAR stem,
+    SplitBatchNorm and zero-initialised residuals are set aside with a note)."""
     name, backbone_kwargs = TINY[kind]
-    return [
-        "--model.backbone",
-        name,
-        "--model.backbone_kwargs",
-        json.dumps(backbone_kwargs),
-        "--model.cifar_stem",
-        "false",
-        "--model.bn_splits",
-        "1",
-    ]
+    return ["--model.backbone", name, "--model.backbone_kwargs", json.dumps(backbone_kwargs)]
 
 
 def test_vit_feature_map_is_the_patch_tokens_on_their_grid():
@@ -142,9 +135,12 @@ SYNCO_TINY = [
 
 @pytest.mark.parametrize("kind", ["vit", "convnext"])
 def test_mocov2_synco_trains_a_timm_backbone(tmp_path, tiny_cifar, kind, capsys):
-    checkpoint = fit(
-        tmp_path / "run", tiny_cifar, "cifar10/mocov2_synco", *cli_backbone(kind), *SYNCO_TINY
-    )
+    with pytest.warns(Note) as notes:
+        checkpoint = fit(
+            tmp_path / "run", tiny_cifar, "cifar10/mocov2_synco", *cli_backbone(kind), *SYNCO_TINY
+        )
+    said = {str(w.message).split(":")[0] for w in notes if w.category is Note}
+    assert {"model.cifar_stem set aside", "model.bn_splits set aside"} <= said
     assert checkpoint["global_step"] == 2
     assert checkpoint["hyper_parameters"]["backbone"] == TINY[kind][0]
     text = (tmp_path / "run" / "metrics.csv").read_text()
@@ -163,11 +159,11 @@ def test_simclr_contrastive_crop_trains_a_timm_backbone(tmp_path, tiny_cifar, ki
 
 @pytest.mark.parametrize("framework", ["byol", "simsiam"])
 def test_byol_and_simsiam_train_a_timm_backbone(tmp_path, tiny_cifar, framework):
-    # the SimSiam preset zero-initialises a ResNet's residual branches, which a ViT has not
-    extra = ["--model.zero_init_residual", "false"] if framework == "simsiam" else []
-    checkpoint = fit(
-        tmp_path / "run", tiny_cifar, f"cifar10/{framework}", *cli_backbone("vit"), *extra
-    )
+    # the SimSiam preset zero-initialises a ResNet's residual branches: set aside for a ViT
+    with pytest.warns(Note) as notes:
+        checkpoint = fit(tmp_path / "run", tiny_cifar, f"cifar10/{framework}", *cli_backbone("vit"))
+    said = " ".join(str(w.message) for w in notes)
+    assert ("model.zero_init_residual set aside" in said) == (framework == "simsiam")
     assert checkpoint["global_step"] == 2
     assert "knn/top1" in (tmp_path / "run" / "metrics.csv").read_text()
 
@@ -283,7 +279,7 @@ def test_a_timm_run_resumes_exactly(tmp_path, tiny_cifar):
 def test_wrong_backbone_options_say_what_to_do():
     with pytest.raises(ValueError, match="timm has no model 'vit_tinyy_patch16_224'"):
         build_backbone("timm/vit_tinyy_patch16_224")
-    with pytest.raises(ValueError, match="--model.cifar_stem false"):
+    with pytest.warns(Note, match="model.cifar_stem set aside: timm/convnext_atto keeps its own"):
         build_backbone("timm/convnext_atto", cifar_stem=True)
     with pytest.raises(ValueError, match="timm models only"):
         build_backbone("resnet18", kwargs={"img_size": 32})
@@ -327,3 +323,17 @@ def test_bn_splits_turn_a_timm_models_batch_norms_into_split_ones():
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     expected = torch.cat([plain(x[:2]), plain(x[2:])])
     torch.testing.assert_close(split(x), expected)
+
+
+def test_notes_print_as_one_line(monkeypatch):
+    import warnings
+
+    from contrastlab.app.cli import show_notes_as_lines
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    with warnings.catch_warnings():
+        show_notes_as_lines()
+        line = warnings.formatwarning("model.bn_splits set aside: x", Note, "f.py", 3)
+        other = warnings.formatwarning("careful", UserWarning, "f.py", 3)
+    assert line == "contrastlab: model.bn_splits set aside: x\n"
+    assert other.startswith("f.py:3: UserWarning: careful")

@@ -7,11 +7,15 @@ import torch
 from conftest import CCROP_ONCE, QUIET_BATCHES_OF_16, TINY_MOCO, KeepUntrainedState, tiny_moco_fit
 
 from contrastlab.app.cli import main, rewrite_fit_args
-from contrastlab.app.evaluate import data_from_checkpoint, knn_of_model, method_from_checkpoint
+from contrastlab.app.evaluate import knn_of_model
 from contrastlab.app.report import read_run
 from contrastlab.runs.checkpoints import StagedCheckpointIO
 from contrastlab.runs.records import read_rows
-from contrastlab.runs.resume import load_checkpoint_file
+from contrastlab.runs.resume import (
+    data_from_checkpoint,
+    load_checkpoint_file,
+    method_from_checkpoint,
+)
 
 TINY = [*TINY_MOCO, *QUIET_BATCHES_OF_16]
 

@@ -130,7 +130,15 @@ def knn(args: list[str]) -> None:
     parser.add_argument("--bank-split", default=None, help="labelled bank split (train)")
     parser.add_argument("--eval-split", default=None, help="query split (test / val)")
     o = parser.parse_args(args)
-    grid = knn_grid(o.checkpoint, o.k, o.t, o.root, o.device, o.bank_split, o.eval_split)
+    grid = knn_grid(
+        path=o.checkpoint,
+        ks=o.k,
+        ts=o.t,
+        root=o.root,
+        device=o.device,
+        bank_split=o.bank_split,
+        eval_split=o.eval_split,
+    )
     for k, t, top1 in grid:
         print(f"kNN top-1 {top1:.2f}% (k={k}, t={t}) {o.checkpoint}")
 
@@ -160,19 +168,33 @@ def linear(args: list[str]) -> None:
         help="paper: the dataset's protocol (512 on CIFAR/STL-10/Tiny ImageNet, 256 on "
         "ImageNet folders); fast: 256",
     )
-    parser.add_argument("--train-subset", type=int, default=None, help="seeded subset size")
-    parser.add_argument("--eval-subset", type=int, default=None, help="seeded subset size")
+    parser.add_argument(
+        "--data.train_subset",
+        "--train-subset",
+        dest="train_subset",
+        type=int,
+        default=None,
+        help="seeded subset size",
+    )
+    parser.add_argument(
+        "--data.eval_subset",
+        "--eval-subset",
+        dest="eval_subset",
+        type=int,
+        default=None,
+        help="seeded subset size",
+    )
     o = parser.parse_args(args)
     result = linear_probe(
-        o.checkpoint,
-        o.mode,
-        o.epochs,
-        o.lr,
-        o.batch_size,
-        o.train_subset,
-        o.eval_subset,
-        o.root,
-        o.device,
+        path=o.checkpoint,
+        mode=o.mode,
+        epochs=o.epochs,
+        lr=o.lr,
+        batch_size=o.batch_size,
+        train_subset=o.train_subset,
+        eval_subset=o.eval_subset,
+        root=o.root,
+        device=o.device,
     )
     print(result.summary())
 
@@ -193,28 +215,34 @@ def finetune(args: list[str]) -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="backbone lr (0.01)")
     parser.add_argument("--head-lr", type=float, default=0.1, help="classifier lr (0.1)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--eval-subset", type=int, default=None, help="seeded subset size")
+    parser.add_argument(
+        "--data.eval_subset",
+        "--eval-subset",
+        dest="eval_subset",
+        type=int,
+        default=None,
+        help="seeded subset size",
+    )
     parser.add_argument("--seed", type=int, default=0, help="which labelled subset")
     o = parser.parse_args(args)
     result = finetune_checkpoint(
-        o.checkpoint,
-        o.labels,
-        o.epochs,
-        o.lr,
-        o.head_lr,
-        o.batch_size,
-        o.eval_subset,
-        o.seed,
-        o.root,
-        o.device,
+        path=o.checkpoint,
+        labels=o.labels,
+        epochs=o.epochs,
+        lr=o.lr,
+        head_lr=o.head_lr,
+        batch_size=o.batch_size,
+        eval_subset=o.eval_subset,
+        seed=o.seed,
+        root=o.root,
+        device=o.device,
     )
     print(result.summary())
 
 
 def export(args: list[str]) -> None:
-    from contrastlab.app.evaluate import method_from_checkpoint
     from contrastlab.app.export import FORMATS, export_backbone
-    from contrastlab.runs.resume import load_checkpoint_file
+    from contrastlab.runs.resume import load_checkpoint_file, method_from_checkpoint
 
     parser = _checkpoint_parser("export", "Write the pretrained backbone for another tool.")
     parser.add_argument("--format", choices=FORMATS, required=True)
@@ -255,7 +283,15 @@ def crops(args: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0, help="which images and crops")
     o = parser.parse_args(args)
     out = write_crop_picture(
-        o.checkpoint, o.out, o.images, o.crops, o.threshold, o.alpha, o.seed, o.root, o.device
+        checkpoint_path=o.checkpoint,
+        out=o.out,
+        images=o.images,
+        crops=o.crops,
+        threshold=o.threshold,
+        alpha=o.alpha,
+        seed=o.seed,
+        root=o.root,
+        device=o.device,
     )
     print(f"wrote {out}")
 
@@ -328,7 +364,9 @@ def reproduce(args: list[str]) -> None:
     parser.add_argument(
         "--probe-epochs", type=int, default=100, help="the linear probe's epochs (100)"
     )
-    parser.add_argument("--data-root", default=None, help="the dataset's root folder")
+    parser.add_argument(
+        "--data.root", "--data-root", dest="data_root", default=None, help="the dataset's root"
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     o = parser.parse_args(args[:split])
     if o.budget_minutes is not None and o.budget_minutes <= 0:
@@ -358,6 +396,24 @@ def reproduce(args: list[str]) -> None:
         raise SystemExit(1)
 
 
+def show_notes_as_lines() -> None:
+    """Print contrastlab's :class:`~contrastlab.options.Note` warnings as one line each,
+    ``contrastlab: <message>``, once per message; other warnings as Python prints them."""
+    import warnings
+
+    from contrastlab.options import Note
+
+    plain = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if issubclass(category, Note):
+            return f"contrastlab: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    warnings.filterwarnings("once", category=Note)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -367,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     from contrastlab.data.readers import DatasetError
     from contrastlab.runs.resume import CheckpointError
 
+    show_notes_as_lines()
     try:
         run(argv[0], argv[1:])
     except DatasetError as error:

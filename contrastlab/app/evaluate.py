@@ -35,28 +35,11 @@ from contrastlab.eval.linear import (
 )
 from contrastlab.io import atomic_write
 from contrastlab.methods.base import ContrastiveMethod
-from contrastlab.runs.resume import load_checkpoint_file, method_arguments, method_class
-
-
-def method_from_checkpoint(checkpoint: dict) -> ContrastiveMethod:
-    """Rebuild the framework a checkpoint was trained with and load its weights."""
-    model = method_class(checkpoint)(**method_arguments(checkpoint))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
-
-
-def data_from_checkpoint(
-    checkpoint: dict, root: str | None = None, view_size: int | None = None
-) -> ContrastDataModule:
-    """The data module a checkpoint was trained with (optionally read from another ``root``);
-    ``view_size`` (the model's) sizes a native-resolution folder's evaluation squares."""
-    saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
-    if root is not None:
-        data_args["root"] = root
-    data = ContrastDataModule(**data_args)
-    data.view_size = view_size
-    return data
+from contrastlab.runs.resume import (
+    data_from_checkpoint,
+    load_checkpoint_file,
+    method_from_checkpoint,
+)
 
 
 @dataclass
@@ -120,7 +103,15 @@ def knn_from_checkpoint(
 ) -> float:
     """kNN top-1 (percent) of a checkpoint: bank = a labelled split (the training split by
     default), queries = another (the evaluation split), both through the feature cache."""
-    return knn_grid(path, [k], [t], root, device, bank_split, eval_split)[0][2]
+    return knn_grid(
+        path=path,
+        ks=[k],
+        ts=[t],
+        root=root,
+        device=device,
+        bank_split=bank_split,
+        eval_split=eval_split,
+    )[0][2]
 
 
 def knn_grid(
@@ -191,7 +182,14 @@ def linear_probe(
         holdout = None
         if lr is None:
             lr, holdout = choose_fast_lr(train, classes, epochs, batch_size)
-        result = linear_on_features(train, evaluation, classes, epochs, lr, batch_size)
+        result = linear_on_features(
+            train=train,
+            evaluation=evaluation,
+            num_classes=classes,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+        )
         result.holdout_top1 = holdout
     else:
         paper_lr, paper_batch = PAPER_PROBE[run.data.dataset]
@@ -201,15 +199,15 @@ def linear_probe(
             raise ValueError("the paper protocol needs an in-memory training split")
         classes = int(torch.cat([images.labels, evaluation[1]]).max()) + 1
         result = linear_on_images(
-            run.model,
-            images.images,
-            images.labels,
-            evaluation,
-            classes,
-            run.device,
-            epochs,
-            lr,
-            batch_size,
+            model=run.model,
+            train_images=images.images,
+            train_labels=images.labels,
+            evaluation=evaluation,
+            num_classes=classes,
+            device=run.device,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
         )
     splits = {"train_split": train_split, "eval_split": eval_split}
     run.save(f"linear_{mode}", {**result.to_dict(), **splits})
@@ -248,19 +246,19 @@ def finetune_checkpoint(
     epochs = default_finetune_epochs(labels) if epochs is None else epochs
     classes = int(torch.cat([train.labels, evaluation.labels]).max()) + 1
     result = finetune(
-        run.model,
-        train.images,
-        train.labels,
-        labelled,
-        (evaluation.images, evaluation.labels),
-        classes,
-        run.device,
-        labels,
-        epochs,
-        lr,
-        head_lr,
-        batch_size,
-        seed,
+        model=run.model,
+        train_images=train.images,
+        train_labels=train.labels,
+        labelled=labelled,
+        evaluation=(evaluation.images, evaluation.labels),
+        num_classes=classes,
+        device=run.device,
+        labels_text=labels,
+        epochs=epochs,
+        lr=lr,
+        head_lr=head_lr,
+        batch_size=batch_size,
+        seed=seed,
     )
     name = Path(labels).stem if listed else labels.replace("%", "pct")
     extra = {"train_split": train_split, "eval_split": eval_split, "seed": seed}

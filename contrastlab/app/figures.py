@@ -9,9 +9,14 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from contrastlab.methods.base import ContrastiveMethod, whole_view
+from contrastlab.methods.base import ContrastiveMethod
+from contrastlab.views.augment import whole_view
+from contrastlab.views.contrastive_crop import (
+    boxes_from_heatmaps,
+    center_suppressed_boxes,
+    heatmaps,
+)
 from contrastlab.views.crops import crop_and_resize
-from contrastlab.views.localize import boxes_from_heatmaps, center_suppressed_boxes, heatmaps
 
 
 @dataclass

@@ -396,18 +396,18 @@ def knn_sizes(cell: Cell) -> dict[str, int] | None:
 def cell_result(cell: Cell, state: CellState) -> CellResult:
     points = knn_points(cell)
     return CellResult(
-        cell.experiment.name,
-        cell.seed,
-        state.status,
-        str(cell.run_dir),
-        cell.command,
-        untrained_knn(points),
-        final_knn(cell, points) if state.status == "done" else None,
-        state.linear,
-        round(state.wall_s, 1),
-        images_per_second(cell),
-        knn_sizes(cell),
-        best_knn(points) if state.status == "done" else None,
+        experiment=cell.experiment.name,
+        seed=cell.seed,
+        status=state.status,
+        run_dir=str(cell.run_dir),
+        command=cell.command,
+        knn_untrained=untrained_knn(points),
+        knn_top1=final_knn(cell, points) if state.status == "done" else None,
+        linear=state.linear,
+        wall_s=round(state.wall_s, 1),
+        images_per_s=images_per_second(cell),
+        knn_sizes=knn_sizes(cell),
+        knn_best=best_knn(points) if state.status == "done" else None,
     )
 
 
@@ -576,13 +576,13 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
     grid = load_grid(request.grid)
     out = request.output()
     cells = plan_cells(
-        grid,
-        request.scale,
-        out,
-        request.seeds,
-        request.epochs,
-        request.only,
-        request.fit_options(),
+        grid=grid,
+        scale=request.scale,
+        out=out,
+        seeds=request.seeds,
+        epochs=request.epochs,
+        only=request.only,
+        options=request.fit_options(),
     )
     states = [CellState.read(cell) for cell in cells]  # refuses changed options before any run
     todo = [i for i, s in enumerate(states) if s.status != "done"]

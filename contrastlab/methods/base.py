@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Iterable
@@ -14,18 +13,15 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.transforms.v2.functional import center_crop, resize
 
 from contrastlab.data.datasets import PhotoBatch
 from contrastlab.distributed import gather_cat, world
 from contrastlab.models.backbones import build_backbone
-from contrastlab.options import OptionError, check_options
+from contrastlab.options import Note, OptionError, check_options
 from contrastlab.precision import autocast_for
 from contrastlab.schedules import schedule_factor
-from contrastlab.views.augment import Augment, ViewSampler
-from contrastlab.views.boxes import ContrastiveCrop
-from contrastlab.views.crops import crop_and_resize
-from contrastlab.views.localize import localize_boxes
+from contrastlab.views.augment import Augment, ViewSampler, eval_view, whole_view
+from contrastlab.views.contrastive_crop import ContrastiveCrop, localize_boxes
 
 
 def make_optimizer(
@@ -44,31 +40,6 @@ def full_precision(device: torch.device) -> AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
-    """Un-augmented view for evaluation: centre-crop (or resize) to the training view size,
-    then the training normalisation."""
-    x = images.float().div_(255)
-    if x.shape[-1] > augment.size:
-        x = center_crop(x, [augment.size, augment.size])
-    elif x.shape[-1] < augment.size:
-        x = resize(x, [augment.size, augment.size], antialias=True)
-    return standardize(x, augment)
-
-
-def whole_view(
-    images: torch.Tensor, augment: Augment, extents: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The whole un-augmented uint8 image, normalised as the training views (localisation).
-
-    With ``extents`` (``(B, 4)`` boxes covering each image of a padded native-resolution
-    batch), each image is resized to ``size x size`` (its aspect not kept): a box found on it
-    as fractions of each axis is the same fraction of the original image."""
-    x = images.float().div_(255)
-    if extents is not None:
-        x = crop_and_resize(x, extents, augment.size)
-    return standardize(x, augment)
-
-
 def unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(uint8 images, indices, labels, boxes or None)`` of an in-memory or folder batch, or of
     a :class:`PhotoBatch` (photos at their own sizes, laid out here, on its device)."""
@@ -76,29 +47,6 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
         return batch.padded(), batch.indices, batch.labels, batch.boxes
     images, indices, labels = batch[:3]
     return images, indices, labels, None
-
-
-def standardize(x: torch.Tensor, augment: Augment) -> torch.Tensor:
-    mean = torch.tensor(augment.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(augment.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-@torch.no_grad()
-def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
-    """``theta_target <- m theta_target + (1 - m) theta_online`` for every parameter pair."""
-    target_params = list(target.parameters())
-    online_params = [p.detach() for p in online.parameters()]
-    torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` that no optimiser updates (momentum targets)."""
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad = False
-    return target
 
 
 def check_second_view(augment: Augment, second_view: Augment | None) -> None:
@@ -209,13 +157,19 @@ class ContrastiveMethod(pl.LightningModule):
         self.hparams["crop"] = crop.config() if crop is not None else None
         self.augment = augment
         self.backbone = build_backbone(
-            backbone, cifar_stem, bn_splits, backbone_kwargs, backbone_weights, zero_init_residual
+            name=backbone,
+            cifar_stem=cifar_stem,
+            bn_splits=bn_splits,
+            kwargs=backbone_kwargs,
+            weights=backbone_weights,
+            zero_init_residual=zero_init_residual,
         )
         if crop is not None and getattr(self.backbone, "token_model", False):
             warnings.warn(
                 f"ContrastiveCrop on {backbone} is experimental: it localises on each patch "
                 "token's norm, and that a ViT's boxes find objects is not shown "
                 "(bench/vit_saliency.py)",
+                Note,
                 stacklevel=2,
             )
         self.views = ViewSampler([augment, second_view or augment], box_sampler=crop, seed=seed)

@@ -7,13 +7,9 @@ import math
 import torch
 from torch.nn import functional as F
 
-from contrastlab.methods.base import (
-    ContrastiveMethod,
-    frozen_copy,
-    full_precision,
-    momentum_update,
-)
+from contrastlab.methods.base import ContrastiveMethod, full_precision
 from contrastlab.models.heads import mlp_head
+from contrastlab.models.momentum import frozen_copy, momentum_update
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

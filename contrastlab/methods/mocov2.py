@@ -5,14 +5,9 @@ from __future__ import annotations
 import torch
 
 from contrastlab.distributed import broadcast, gather_cat, world
-from contrastlab.methods.base import (
-    ContrastiveMethod,
-    frozen_copy,
-    full_precision,
-    momentum_update,
-    normalized,
-)
+from contrastlab.methods.base import ContrastiveMethod, full_precision, normalized
 from contrastlab.models.heads import mlp_head
+from contrastlab.models.momentum import frozen_copy, momentum_update
 from contrastlab.negatives.diagnostics import hardness_statistics
 from contrastlab.negatives.losses import infonce_logits, infonce_loss
 from contrastlab.negatives.queue import KeyQueue

@@ -11,6 +11,7 @@ what ContrastiveCrop localises objects on.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torchvision
 from torch import nn
 
 from contrastlab.models.splitbn import SplitBatchNorm
+from contrastlab.options import Note
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 TIMM_PREFIX = "timm/"
@@ -118,6 +120,7 @@ class TimmBackbone(nn.Module):
         self.net = timm.create_model(self.name, **options)
         if state is not None:
             check_weights_cover(self.net, state, weights)
+        self.has_batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())
         if bn_splits > 1:
             split_batch_norms(self.net, bn_splits)
         self.feature_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
@@ -226,6 +229,11 @@ def split_batch_norms(module: nn.Module, splits: int) -> nn.Module:
     return module
 
 
+def set_aside(option: str, reason: str) -> None:
+    """Say once that ``option`` does not apply to the chosen backbone and is ignored."""
+    warnings.warn(f"{option} set aside: {reason}", Note, stacklevel=3)
+
+
 def build_backbone(
     name: str,
     cifar_stem: bool = False,
@@ -239,18 +247,21 @@ def build_backbone(
     ResNet under torchvision's names, e.g. a ``contrastlab export``)."""
     if name.startswith(TIMM_PREFIX):
         if cifar_stem:
-            raise ValueError(
-                f"model.cifar_stem=true swaps a torchvision ResNet's stem; {name} keeps its own "
-                "(set --model.cifar_stem false, and e.g. img_size/patch_size in "
-                "--model.backbone_kwargs)"
+            set_aside(
+                "model.cifar_stem",
+                f"{name} keeps its own stem (its input size goes in "
+                "--model.backbone_kwargs, e.g. img_size and patch_size)",
             )
         if zero_init_residual:
-            raise ValueError(
-                f"model.zero_init_residual=true applies to torchvision ResNets; {name} is a timm "
-                "model: set --model.zero_init_residual false (and pass the model's own option, "
-                "if it has one, in --model.backbone_kwargs)"
+            set_aside(
+                "model.zero_init_residual",
+                f"{name} is not a torchvision ResNet (its own "
+                "option, if it has one, goes in --model.backbone_kwargs)",
             )
-        return TimmBackbone(name, kwargs, bn_splits, weights)
+        backbone = TimmBackbone(name, kwargs, bn_splits, weights)
+        if bn_splits > 1 and not backbone.has_batch_norm:
+            set_aside("model.bn_splits", f"{name} has no BatchNorm to split")
+        return backbone
     if kwargs:
         raise ValueError(
             f"model.backbone_kwargs are passed to timm models only; {name!r} is a torchvision "

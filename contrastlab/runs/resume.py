@@ -1,11 +1,13 @@
-"""Opening checkpoints safely, and what a resume may change.
+"""Opening checkpoints safely (the file, the framework, its data), and what a resume may
+change.
 
 A checkpoint is read with ``weights_only=True`` (no code runs from the file) and names its
 framework in ``hyper_parameters._class_path``; only contrastlab's own methods are accepted, and
 the name is looked up in an allow-list, never imported. A resumed run keeps the model, data
 and schedule it was saved with: options that would change them are refused with the list of
 differences, except ``trainer.max_epochs``, which is applied with a note of what it does to the
-cosine schedule.
+cosine schedule. :func:`method_from_checkpoint` and :func:`data_from_checkpoint` rebuild the
+model and the data module a checkpoint was trained with (every evaluation command starts there).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from contrastlab.data.module import ContrastDataModule
 from contrastlab.io import load_tensors
 from contrastlab.schedules import cosine_with_warmup
 
@@ -117,3 +120,24 @@ def schedule_note(
         f"{new_epochs} epochs; at step {step} the learning rate goes from {before:.3f} to "
         f"{after:.3f} x model.lr"
     )
+
+
+def method_from_checkpoint(checkpoint: dict):
+    """Rebuild the framework a checkpoint was trained with and load its weights."""
+    model = method_class(checkpoint)(**method_arguments(checkpoint))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def data_from_checkpoint(
+    checkpoint: dict, root: str | None = None, view_size: int | None = None
+) -> ContrastDataModule:
+    """The data module a checkpoint was trained with (optionally read from another ``root``);
+    ``view_size`` (the model's) sizes a native-resolution folder's evaluation squares."""
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    data_args = {k: v for k, v in saved.items() if not k.startswith("_")}
+    if root is not None:
+        data_args["root"] = root
+    data = ContrastDataModule(**data_args)
+    data.view_size = view_size
+    return data

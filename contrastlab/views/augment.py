@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import kornia
 import torch
 from torch import nn
+from torchvision.transforms.v2.functional import center_crop, resize
 
 from contrastlab.views.crops import RandomResizedCropBoxes, crop_and_resize
 
@@ -197,3 +198,38 @@ class ViewSampler(nn.Module):
             params = sample_parameters(len(images), aug, self.generator)
             views.append(apply_view(images, view_boxes, params, aug))
         return views
+
+
+# ------------------------------------------------------------------ un-augmented views
+
+
+def standardize(x: torch.Tensor, augment: Augment) -> torch.Tensor:
+    """``(x - mean) / std`` with the recipe's statistics, ``x`` in [0, 1]."""
+    mean = torch.tensor(augment.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(augment.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def eval_view(images: torch.Tensor, augment: Augment) -> torch.Tensor:
+    """Un-augmented view for evaluation: centre-crop (or resize) to the training view size,
+    then the training normalisation."""
+    x = images.float().div_(255)
+    if x.shape[-1] > augment.size:
+        x = center_crop(x, [augment.size, augment.size])
+    elif x.shape[-1] < augment.size:
+        x = resize(x, [augment.size, augment.size], antialias=True)
+    return standardize(x, augment)
+
+
+def whole_view(
+    images: torch.Tensor, augment: Augment, extents: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The whole un-augmented uint8 image, normalised as the training views (localisation).
+
+    With ``extents`` (``(B, 4)`` boxes covering each image of a padded native-resolution
+    batch), each image is resized to ``size x size`` (its aspect not kept): a box found on it
+    as fractions of each axis is the same fraction of the original image."""
+    x = images.float().div_(255)
+    if extents is not None:
+        x = crop_and_resize(x, extents, augment.size)
+    return standardize(x, augment)
