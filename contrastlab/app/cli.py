@@ -109,6 +109,16 @@ def _rank() -> int:
     return rank_zero_only.rank
 
 
+def add_subset_options(parser, *names: str) -> None:
+    """``--data.<name>`` (as ``fit`` spells it; ``--<name with dashes>`` still parses): a seeded
+    subset of the split."""
+    for name in names:
+        dashed = f"--{name.replace('_', '-')}"
+        parser.add_argument(
+            f"--data.{name}", dashed, dest=name, type=int, default=None, help="seeded subset size"
+        )
+
+
 def _checkpoint_parser(prog: str, description: str):
     import argparse
 
@@ -168,22 +178,7 @@ def linear(args: list[str]) -> None:
         help="paper: the dataset's protocol (512 on CIFAR/STL-10/Tiny ImageNet, 256 on "
         "ImageNet folders); fast: 256",
     )
-    parser.add_argument(
-        "--data.train_subset",
-        "--train-subset",
-        dest="train_subset",
-        type=int,
-        default=None,
-        help="seeded subset size",
-    )
-    parser.add_argument(
-        "--data.eval_subset",
-        "--eval-subset",
-        dest="eval_subset",
-        type=int,
-        default=None,
-        help="seeded subset size",
-    )
+    add_subset_options(parser, "train_subset", "eval_subset")
     o = parser.parse_args(args)
     result = linear_probe(
         path=o.checkpoint,
@@ -215,14 +210,7 @@ def finetune(args: list[str]) -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="backbone lr (0.01)")
     parser.add_argument("--head-lr", type=float, default=0.1, help="classifier lr (0.1)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--data.eval_subset",
-        "--eval-subset",
-        dest="eval_subset",
-        type=int,
-        default=None,
-        help="seeded subset size",
-    )
+    add_subset_options(parser, "eval_subset")
     parser.add_argument("--seed", type=int, default=0, help="which labelled subset")
     o = parser.parse_args(args)
     result = finetune_checkpoint(
