@@ -59,6 +59,7 @@ class StandIn(nn.Module):
         super().__init__()
         self.value = features
         self.logged: dict[str, float] = {}
+        self.hparams = {"knn_features": "backbone"}
 
     def sample_features(self, batch) -> torch.Tensor:
         return self.value[batch]
@@ -82,6 +83,10 @@ def stand_in_trainer(images: int) -> SimpleNamespace:
         current_epoch=0,
         loggers=[logger],
         progress_bar_callback=None,
+        callbacks=[],
+        check_val_every_n_epoch=1,
+        max_epochs=10,
+        sanity_checking=False,
     )
 
 
@@ -120,3 +125,37 @@ def test_the_untrained_point_survives_a_checkpoint():
     trainer.global_step = 5
     resumed.on_train_start(trainer, StandIn(torch.randn(200, 8)))  # not measured again
     assert len(trainer.loggers[0].rows) == 1
+
+
+def test_a_labelled_run_measures_the_knn_banks_features_at_the_knn_cadence():
+    """With labels the monitor makes no pass of its own: it takes the kNN monitor's bank
+    features (the training split's backbone features); without, it measures its own sample
+    every check_val_every_n_epoch epochs and after the last."""
+    from contrastlab.eval.monitors import KnnMonitor
+
+    torch.manual_seed(0)
+    trainer = stand_in_trainer(300)
+    knn, monitor = KnnMonitor(), RankMeMonitor(images=200)
+    trainer.callbacks = [knn, monitor]
+    passes = []
+    trainer.datamodule.sample_dataloader = lambda count: passes.append(count) or []
+    bank = torch.randn(500, 16)
+    knn.bank_features = bank
+    trainer.current_epoch = 4
+    monitor.on_validation_epoch_end(trainer, StandIn(torch.zeros(1, 16)))
+    values = trainer.loggers[0].rows[-1][1]
+    rows = torch.randperm(500, generator=torch.Generator().manual_seed(17))[:200]
+    assert values["rankme/images"] == 200 and values["epoch"] == 4
+    assert values["rankme/value"] == pytest.approx(rankme_by_hand(bank[rows]), rel=1e-6)
+    assert knn.bank_features is None and passes == []  # taken, released, no pass
+    monitor.on_train_epoch_end(trainer, StandIn(torch.zeros(1, 16)))  # measured this epoch
+    assert len(trainer.loggers[0].rows) == 1
+
+    unlabelled = stand_in_trainer(300)
+    unlabelled.check_val_every_n_epoch, unlabelled.max_epochs = 5, 12
+    own = RankMeMonitor(images=300)
+    module = StandIn(torch.randn(300, 16))
+    for epoch in range(12):
+        unlabelled.current_epoch = epoch
+        own.on_train_epoch_end(unlabelled, module)
+    assert [row["epoch"] for _, row in unlabelled.loggers[0].rows] == [4, 9, 11]

@@ -5,7 +5,7 @@ evaluation split's features against the training split's, after every validation
 before the first step (the untrained encoder, logged at epoch -1). It needs labels.
 
 :class:`RankMeMonitor` needs none: RankMe and the normalised features' spread on a fixed
-sample of training images, at every epoch's end and before the first step.
+sample of training images, before the first step and at the kNN monitor's cadence.
 
 The module being trained provides what is measured (duck-typed, so any method can be
 monitored): ``monitor_features(uint8 images)``, ``sample_features(batch)``,
@@ -54,7 +54,13 @@ class KnnMonitor(pl.Callback):
     def __init__(self) -> None:
         self.untrained: float | None = None
         self.sizes: dict[str, int] = {}
+        self.bank_features: torch.Tensor | None = None
         self._outputs: tuple[Batches, Batches] = ([], [])
+
+    def take_bank_features(self) -> torch.Tensor | None:
+        """The bank features of the last kNN figure (every process's), once; then released."""
+        features, self.bank_features = self.bank_features, None
+        return features
 
     # ------------------------------------------------------------------ the untrained point
 
@@ -122,6 +128,8 @@ class KnnMonitor(pl.Callback):
         records the bank, query and training-set sizes."""
         bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
         query_x, query_y = (gather_cat(torch.cat(t)) for t in zip(*queries, strict=True))
+        if rankme_monitor(trainer) is not None:
+            self.bank_features = bank_x  # the RankMe monitor takes them next
         self.sizes = {"bank": len(bank_y), "query": len(query_y)}
         train_set = getattr(trainer.datamodule, "train_set", None)
         if train_set is not None:
@@ -162,16 +170,19 @@ class KnnMonitor(pl.Callback):
 class RankMeMonitor(pl.Callback):
     """A label-free learning monitor for every run.
 
-    At each training epoch's end, and once before the first step (epoch -1), the backbone's
-    features of a fixed sample of ``images`` training images (un-augmented; the same images
-    every time, drawn from ``data.seed``) give ``rankme/value``, RankMe (Garrido et al., 2023:
-    the effective rank of the feature matrix, from 1 to the feature width), and
-    ``rankme/feature_std``, the mean per-dimension standard deviation of the L2-normalised
-    features times ``sqrt(d)`` (1 for features spread over the sphere, 0 when collapsed).
-    Both are comparable within one method and backbone over training, not across them. When
-    ``rankme/feature_std`` falls below ``collapse_share`` of the untrained encoder's, a warning
-    says the features are collapsing (once per run). The untrained values are saved in
-    checkpoints (``checkpoint["contrastlab"]["rankme_untrained"]``).
+    Once before the first step (epoch -1) and then whenever the kNN monitor runs (every
+    ``trainer.check_val_every_n_epoch`` epochs and after the last), the backbone's features of
+    a fixed sample of at most ``images`` training images, un-augmented, give ``rankme/value``,
+    RankMe (Garrido et al., 2023: the effective rank of the feature matrix, from 1 to the feature
+    width), and ``rankme/feature_std``, the mean per-dimension standard deviation of the
+    L2-normalised features times ``sqrt(d)`` (1 for features spread over the sphere, 0 when
+    collapsed). With labels the sample is drawn from the kNN monitor's bank (the training
+    split's backbone features it has just computed: no pass of its own); without, from the
+    training split (``sample_dataloader``), at the same cadence. Both figures compare within
+    one method and backbone over training, not across them. When ``rankme/feature_std`` falls
+    below ``collapse_share`` of the untrained encoder's, a warning says the features are
+    collapsing (once per run). The untrained values are saved in checkpoints
+    (``checkpoint["contrastlab"]["rankme_untrained"]``).
     """
 
     def __init__(self, images: int = 2048, collapse_share: float = 0.25) -> None:
@@ -184,18 +195,17 @@ class RankMeMonitor(pl.Callback):
         self.images, self.collapse_share = images, collapse_share
         self.untrained: dict[str, float] | None = None
         self.measured_images = 0  # the sample's size, once measured (the split may be smaller)
+        self.measured_epoch: int | None = None  # the epoch a validation pass measured
         self.warned = False
 
-    @torch.no_grad()
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """``{"rankme/value", "rankme/feature_std", "rankme/images"}`` of the sample now."""
-        loader = trainer.datamodule.sample_dataloader(self.images)
-        was_training = pl_module.training
-        pl_module.eval()
-        with pl_module.precision_context():
-            parts = [pl_module.sample_features(batch) for batch in loader]
-        pl_module.train(was_training)
-        features = gather_cat(torch.cat(parts))
+    # ------------------------------------------------------------------ the figures
+
+    def figures(self, features: torch.Tensor) -> dict[str, float]:
+        """``{"rankme/value", "rankme/feature_std", "rankme/images"}`` of ``(N, d)`` features;
+        at most ``images`` rows, a seeded choice that is the same at every measurement."""
+        if len(features) > self.images:
+            rows = torch.randperm(len(features), generator=torch.Generator().manual_seed(17))
+            features = features[rows[: self.images].to(features.device)]
         self.measured_images = len(features)
         spread = normalized_std(features) * math.sqrt(features.shape[1])
         return {
@@ -204,26 +214,68 @@ class RankMeMonitor(pl.Callback):
             "rankme/images": float(len(features)),
         }
 
+    @torch.no_grad()
+    def sample_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The backbone's features of the data module's fixed training sample (eval mode)."""
+        loader = trainer.datamodule.sample_dataloader(self.images)
+        was_training = pl_module.training
+        pl_module.eval()
+        with pl_module.precision_context():
+            parts = [pl_module.sample_features(batch) for batch in loader]
+        pl_module.train(was_training)
+        return gather_cat(torch.cat(parts))
+
+    def features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The kNN monitor's fresh bank features when they are the backbone's, else a pass."""
+        monitor = knn_monitor(trainer)
+        bank = monitor.take_bank_features() if monitor is not None else None
+        if bank is not None and pl_module.hparams.get("knn_features", "backbone") == "backbone":
+            return bank
+        return self.sample_pass(trainer, pl_module)
+
     def _usable(self, trainer: pl.Trainer) -> bool:
         return hasattr(trainer.datamodule, "sample_dataloader") and self.images > 0
 
+    # ------------------------------------------------------------------ when it measures
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != 0 or self.untrained is not None or not self._usable(trainer):
+            if knn_monitor(trainer) is not None:
+                knn_monitor(trainer).take_bank_features()  # not needed: released
             return
-        self.untrained = self.measure(trainer, pl_module)
+        self.untrained = self.figures(self.features(trainer, pl_module))
         for logger in trainer.loggers:
             logger.log_metrics({**self.untrained, "epoch": -1}, step=0)
         say(
             trainer,
             f"contrastlab: RankMe of the untrained encoder {self.untrained['rankme/value']:.1f} "
             f"(feature std x sqrt(d) {self.untrained['rankme/feature_std']:.3f}; "
-            f"{int(self.untrained['rankme/images']):,} training images, backbone features)",
+            f"{self.measured_images:,} training images, backbone features)",
         )
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._usable(trainer):
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        monitor = knn_monitor(trainer)
+        if trainer.sanity_checking or monitor is None or monitor.bank_features is None:
             return
-        values = self.measure(trainer, pl_module)
+        if not self._usable(trainer) or pl_module.hparams.get("knn_features") == "head":
+            monitor.take_bank_features()
+            return
+        self.record(trainer, pl_module, self.figures(monitor.take_bank_features()))
+        self.measured_epoch = trainer.current_epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Runs without a kNN pass this epoch (no labels) measure on the training sample at the
+        kNN monitor's cadence; a labelled run measured in its validation pass."""
+        epoch = trainer.current_epoch
+        if not self._usable(trainer) or self.measured_epoch == epoch:
+            return
+        every = trainer.check_val_every_n_epoch or 1
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % every and not last:
+            return
+        self.record(trainer, pl_module, self.figures(self.sample_pass(trainer, pl_module)))
+
+    def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict) -> None:
         pl_module.log("rankme/value", values["rankme/value"], prog_bar=True, logger=False)
         pl_module.log("rankme/feature_std", values["rankme/feature_std"], logger=False)
         for logger in trainer.loggers:
