@@ -9,12 +9,20 @@ backward steps of the actual network at the actual batch and view size in each c
 decision per (device model, thread count, torch version, network, input size) in
 ``precision.json`` of the user cache directory (:func:`cache_dir`), so it costs its seconds
 once. Training and the evaluation loops share the decision.
+
+A reading taken while another job shares the device would stay wrong for good, so every
+candidate is timed :data:`REPEATS` times, interleaved; when one candidate's readings disagree by
+more than :data:`AGREEMENT` the decision serves this process only and is not cached. A run that
+trains faster than the cached reading of its own precision (:func:`contradicts`: a training
+step does at least the measured forward + backward) proves that reading disturbed, and
+:func:`forget_precision` drops it. ``CONTRASTLAB_REMEASURE=1`` ignores the cache once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -34,6 +42,16 @@ AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 """Lightning precision names that mean autocast, and their dtype (anything else: fp32)."""
 
 Timer = Callable[[], float]
+
+REPEATS = 2
+"""Readings of each candidate, interleaved (A B A B), so that a passing load shows."""
+AGREEMENT = 0.25
+"""The largest relative spread, ``(max - min) / max``, of one candidate's readings that is
+trusted enough to cache: quiet machines stay within a few percent."""
+CONTRADICTION = 1.1
+"""A run training more than this factor faster (per process) than the backbone's measured
+forward + backward in the same precision contradicts the measurement."""
+REMEASURE_ENV = "CONTRASTLAB_REMEASURE"
 
 _decided: dict[str, PrecisionChoice] = {}
 """This process's decisions by cache key (the evaluation loops ask once per batch)."""
@@ -144,7 +162,10 @@ def read_cache() -> dict[str, dict]:
 
 
 def write_cache_entry(key: str, entry: dict) -> None:
-    entries = {**read_cache(), key: entry}
+    write_cache({**read_cache(), key: entry})
+
+
+def write_cache(entries: dict[str, dict]) -> None:
     text = json.dumps(entries, indent=1, sort_keys=True).encode()
     with contextlib.suppress(OSError):  # a read-only home must not stop a run
         cache_file().parent.mkdir(parents=True, exist_ok=True)
@@ -162,12 +183,26 @@ class PrecisionChoice:
     rates: dict[str, float]
     device: str
     cached: bool = False
+    spread: float = 0.0
+    """The largest relative spread of one candidate's repeated readings."""
+
+    @property
+    def trusted(self) -> bool:
+        return self.spread <= AGREEMENT
 
     def message(self) -> str:
         """``bf16-mixed: 186 img/s vs 32-true: 87 img/s on <device>`` (fastest first)."""
         ranked = sorted(self.rates.items(), key=lambda item: -item[1])
         figures = " vs ".join(f"{name}: {rate:.0f} img/s" for name, rate in ranked)
-        when = f"measured earlier, cached in {cache_file()}" if self.cached else "measured"
+        if self.cached:
+            when = f"measured earlier, cached in {cache_file()}; {REMEASURE_ENV}=1 measures again"
+        elif not self.trusted:
+            when = (
+                f"measured, but repeated readings differed by {self.spread:.0%}: a busy machine? "
+                "not cached, the next run measures again"
+            )
+        else:
+            when = "measured"
         return f"precision {figures} on {self.device} ({when})"
 
 
@@ -216,7 +251,8 @@ def cached_precision(
     """The decision made earlier for this (device, torch, network, input size), if any."""
     key = cache_key(device, network, image_size, channels_last)
     if key not in _decided:
-        entry = read_cache().get(key) or {}
+        remeasure = os.environ.get(REMEASURE_ENV, "") not in ("", "0")
+        entry = {} if remeasure else read_cache().get(key) or {}
         _decided[key] = PrecisionChoice(
             entry.get("precision", ""), entry.get("rates", {}), device_name(device), cached=True
         )
@@ -234,19 +270,48 @@ def choose_precision(
 ) -> PrecisionChoice:
     """The fastest of :func:`candidates` for this network, batch and view size on ``device``:
     the cached decision when this (device, torch, network, input size) was measured before,
-    else measured now (:func:`images_per_second`) and cached."""
+    else measured now (:func:`images_per_second`, :data:`REPEATS` interleaved readings of each,
+    the best reading counting) and cached when the readings agree (:data:`AGREEMENT`)."""
     known = cached_precision(network, image_size, device, channels_last)
     if known is not None:
         return known
-    rates = {
-        name: images_per_second(network, name, batch_size, image_size, device, channels_last, timer)
-        for name in candidates(device)
-    }
-    fastest = max(rates, key=rates.__getitem__)
+    readings: dict[str, list[float]] = {name: [] for name in candidates(device)}
+    for _ in range(REPEATS):
+        for name, rates in readings.items():
+            args = (network, name, batch_size, image_size, device, channels_last, timer)
+            rates.append(images_per_second(*args))
+    choice = PrecisionChoice(
+        precision=max(readings, key=lambda name: max(readings[name])),
+        rates={name: max(rates) for name, rates in readings.items()},  # the least disturbed
+        device=device_name(device),
+        spread=max(1 - min(rates) / max(rates) for rates in readings.values()),
+    )
     key = cache_key(device, network, image_size, channels_last)
-    write_cache_entry(key, {"precision": fastest, "rates": rates, "batch_size": batch_size})
-    _decided[key] = PrecisionChoice(fastest, rates, device_name(device), cached=True)
-    return PrecisionChoice(fastest, rates, device_name(device))
+    if choice.trusted:
+        entry = {"precision": choice.precision, "rates": choice.rates, "batch_size": batch_size}
+        write_cache_entry(key, entry)
+    _decided[key] = dataclasses.replace(choice, cached=choice.trusted)
+    return choice
+
+
+def contradicts(choice: PrecisionChoice, trained_per_process: float) -> bool:
+    """Whether a run that trained at ``trained_per_process`` images/s in ``choice.precision``
+    proves the measurement of that precision disturbed: each training step does at least one
+    forward + backward of the backbone on the batch, so it cannot be faster than the
+    backbone's alone (beyond :data:`CONTRADICTION`'s allowance for timing noise)."""
+    measured = choice.rates.get(choice.precision)
+    return measured is not None and trained_per_process > CONTRADICTION * measured
+
+
+def forget_precision(
+    network: nn.Module, image_size: int, device: torch.device | str, channels_last: bool = True
+) -> None:
+    """Drop the decision for this (device, torch, network, input size) from the cache file;
+    this process keeps using it."""
+    key = cache_key(device, network, image_size, channels_last)
+    entries = read_cache()
+    if entries.pop(key, None) is not None:
+        write_cache(entries)
 
 
 def autocast_for(

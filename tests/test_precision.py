@@ -169,23 +169,85 @@ def trainer_precision(run_dir) -> str:
 def test_fit_measures_once_says_so_and_trains_in_the_fastest(
     tmp_path, tiny_cifar, monkeypatch, capsys
 ):
-    calls = fake_rates(monkeypatch, {"bf16-mixed": 186.0, "32-true": 87.0})
+    # rates no run can contradict (a contradicted reading is dropped: see below)
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 186e3, "32-true": 87e3})
     main(fit_options(tmp_path / "a", tiny_cifar))
-    # the actual per-process batch and view size, every candidate once
-    assert sorted(calls) == [("32-true", 16, 8, "cpu"), ("bf16-mixed", 16, 8, "cpu")]
+    # the actual per-process batch and view size, the candidates interleaved, twice each
+    bf16, fp32 = ("bf16-mixed", 16, 8, "cpu"), ("32-true", 16, 8, "cpu")
+    assert calls == [bf16, fp32] * precision.REPEATS
     err = capsys.readouterr().err
-    assert "precision bf16-mixed: 186 img/s vs 32-true: 87 img/s on " in err
+    assert "precision bf16-mixed: 186000 img/s vs 32-true: 87000 img/s on " in err
     assert trainer_precision(tmp_path / "a") == "bf16-mixed"
     precision._decided.clear()
     main(fit_options(tmp_path / "b", tiny_cifar))  # the same network: read from the cache
-    assert len(calls) == 2
+    assert len(calls) == 4
     assert "measured earlier, cached in" in capsys.readouterr().err
     main(fit_options(tmp_path / "c", tiny_cifar, "--model.augment.size", "12"))
-    assert len(calls) == 4  # another input size is measured again
+    assert len(calls) == 8  # another input size is measured again
+
+
+def test_a_run_faster_than_its_cached_reading_drops_it(tmp_path, tiny_cifar, monkeypatch, capsys):
+    """The trial's case: a reading under load (32-true 19 img/s vs bf16 6) chose fp32; the run
+    itself trains faster than 19 img/s, which a quiet measurement could not have allowed."""
+    fake_rates(monkeypatch, {"bf16-mixed": 0.6, "32-true": 1.9})
+    main(fit_options(tmp_path / "a", tiny_cifar))
+    assert trainer_precision(tmp_path / "a") == "32-true"
+    assert "measurement was disturbed" in capsys.readouterr().err
+    assert precision.read_cache() == {}  # dropped from the file: the next run measures again
+
+
+def readings(monkeypatch, sequences: dict[str, list[float]]) -> list[str]:
+    """Measurements return each precision's ``sequences`` in turn; the order is recorded."""
+    order = []
+
+    def measure(network, name, *args, **kwargs):
+        order.append(name)
+        return sequences[name][sum(1 for n in order if n == name) - 1]
+
+    monkeypatch.setattr(precision, "images_per_second", measure)
+    return order
+
+
+@pytest.mark.parametrize(("second", "trusted"), [(80.0, True), (74.0, False), (100.0, True)])
+def test_readings_that_disagree_are_used_but_not_cached(monkeypatch, second, trusted):
+    order = readings(monkeypatch, {"bf16-mixed": [100.0, second], "32-true": [50.0, 50.0]})
+    network = tiny_network()
+    choice = precision.choose_precision(network, 8, 16, "cpu")
+    assert order == ["bf16-mixed", "32-true", "bf16-mixed", "32-true"]
+    assert choice.precision == "bf16-mixed" and choice.rates["bf16-mixed"] == 100.0  # the best
+    assert choice.spread == pytest.approx(1 - second / 100)
+    key = precision.cache_key("cpu", network, 16, True)
+    assert (key in precision.read_cache()) is trusted
+    assert ("not cached" in choice.message()) is not trusted
+    precision.choose_precision(network, 8, 16, "cpu")  # this process keeps its decision
+    assert len(order) == 4
+    precision._decided.clear()
+    if trusted:
+        assert precision.choose_precision(network, 8, 16, "cpu").cached
+    else:  # a new process measures again
+        with pytest.raises(IndexError):  # past the recorded readings: it measured
+            precision.choose_precision(network, 8, 16, "cpu")
+
+
+def test_contradiction_is_a_run_faster_than_its_precisions_reading():
+    choice = precision.PrecisionChoice("32-true", {"32-true": 19.0, "bf16-mixed": 6.0}, "cpu")
+    assert not precision.contradicts(choice, 20.8)  # within 10% of the reading: timing noise
+    assert precision.contradicts(choice, 21.0)
+    assert not precision.contradicts(choice, 6.5)  # slower than the reading: consistent
+
+
+def test_remeasure_variable_ignores_the_cache(monkeypatch):
+    network = tiny_network()
+    precision.choose_precision(network, 8, 16, "cpu", timer=FakeClock(1.0, 3.0))
+    precision._decided.clear()
+    monkeypatch.setenv(precision.REMEASURE_ENV, "1")
+    again = precision.choose_precision(network, 8, 16, "cpu", timer=FakeClock(3.0, 1.0))
+    assert not again.cached and again.precision == "32-true"
+    assert precision.REMEASURE_ENV in precision.PrecisionChoice("x", {}, "cpu", True).message()
 
 
 def test_an_explicit_precision_always_wins(tmp_path, tiny_cifar, monkeypatch, capsys):
-    calls = fake_rates(monkeypatch, {"bf16-mixed": 186.0, "32-true": 87.0})
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 186e3, "32-true": 87e3})
     main(fit_options(tmp_path / "a", tiny_cifar, "--trainer.precision", "32-true"))
     assert calls == [] and trainer_precision(tmp_path / "a") == "32-true"
     assert "img/s" not in capsys.readouterr().err
@@ -204,10 +266,11 @@ def test_several_processes_use_the_cache_or_the_static_guess(monkeypatch, capsys
     assert "several processes: not measured" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
     assert expected_processes({"devices": 3, "num_nodes": 2, "accelerator": "cpu"}) == 6
-    assert measured_precision(model, data, {"accelerator": "cpu"}) == "bf16-mixed"
+    assert measured_precision(model, data, {"accelerator": "cpu"}).precision == "bf16-mixed"
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert measured_precision(model, data, {"accelerator": "cpu"}) == "bf16-mixed"  # cached
-    assert len(calls) == 2
+    cached = measured_precision(model, data, {"accelerator": "cpu"})
+    assert cached.precision == "bf16-mixed" and cached.cached
+    assert len(calls) == 2 * precision.REPEATS
 
 
 def test_the_cache_key_tells_batch_norm_splits_apart():

@@ -62,6 +62,8 @@ class EpochStatistics(pl.Callback):
 
     def __init__(self) -> None:
         self.clock = DataWaitClock()
+        self.per_process_rate: float | None = None
+        """The last whole epoch's images/s of this process (data waits included)."""
         self._restart()
 
     def _restart(self) -> None:
@@ -98,9 +100,10 @@ class EpochStatistics(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         elapsed = time.perf_counter() - self.start
+        self.per_process_rate = self.images / max(elapsed, 1e-9)
         summary = {
             "train/loss_epoch": float(self.loss_sum) / max(1, self.steps),
-            "train/images_per_sec": self.images * world()[1] / max(elapsed, 1e-9),
+            "train/images_per_sec": self.per_process_rate * world()[1],
         }
         wait = self.clock.share()
         if wait is not None:
