@@ -4,6 +4,7 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -90,6 +91,25 @@ def test_export_loads_strictly_and_gives_the_same_features(tmp_path, cifar_stem,
     assert meta["arch"] == "resnet18" and meta["cifar_stem"] is cifar_stem
 
 
+@pytest.mark.parametrize("cifar_stem", [True, False])
+@pytest.mark.parametrize("target", ["torchvision", "timm", "safetensors"])
+def test_the_exports_own_load_lines_work_without_contrastlab(
+    tmp_path, monkeypatch, cifar_stem, target
+):
+    """The lines the ``.json`` (and the end of ``fit``) print, run as a user runs them."""
+    model = perturbed(MoCoV2(bn_splits=2, cifar_stem=cifar_stem, channels_last=False))
+    out = export_backbone(model, target, tmp_path / f"backbone.{target}")
+    snippet = json.loads(Path(f"{out}.json").read_text())["load"]
+    assert "contrastlab" not in snippet
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        found = namespace["net"].eval()(x)
+        torch.testing.assert_close(found, model.backbone(x), atol=1e-5, rtol=1e-5)
+
+
 def test_export_of_imagenet_stem_loads_into_plain_torchvision(tmp_path):
     model = MoCoV2(bn_splits=1, cifar_stem=False)
     net = torchvision.models.resnet18()
@@ -130,6 +150,19 @@ def test_export_cli(run_dir, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     net = timm_resnet("resnet18", cifar_stem=True)
     net.load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+def test_embed_cli_on_a_split_of_the_runs_dataset(run_dir, capsys):
+    main(["embed", "--checkpoint", checkpoint(run_dir), "--split", "test", "--workers", "0"])
+    out = run_dir / "embeddings" / "test"
+    assert "wrote 20 embeddings of 512 dimensions" in capsys.readouterr().out
+    rows = np.load(out / "embeddings.npy")
+    evaluation = Evaluation.open(checkpoint(run_dir))
+    features, _ = evaluation.features("test")  # the kNN's features of the same split
+    np.testing.assert_allclose(rows, features.numpy(), rtol=1e-3, atol=1e-3)
+    assert (out / "files.txt").read_text().splitlines()[:2] == ["cifar10/test/0", "cifar10/test/1"]
+    with pytest.raises(SystemExit):  # neither a folder nor a split
+        main(["embed", "--checkpoint", checkpoint(run_dir)])
 
 
 # ---------------------------------------------------------------------------------- transfer
@@ -272,13 +305,19 @@ def test_knn_grid_equals_direct_computation(run_dir, capsys):
     evaluation = Evaluation.open(checkpoint(run_dir))
     bank, queries = evaluation.features("train"), evaluation.features("test")
     direct = knn_accuracy(queries[0], queries[1], bank[0], bank[1], 10, k=20, temperature=0.5)
-    grid = {(k, t): v for k, t, v in knn_grid(checkpoint(run_dir), [20], [0.5])}
+    grid = {(k, t): v for k, t, v in knn_grid(checkpoint(run_dir), [20], [0.5]).rows}
     assert grid[(20, 0.5)] == pytest.approx(direct)
+    assert "bank train 100 images, queries test 20 images" in lines[0]
+    saved = json.loads((run_dir / "eval" / "knn.json").read_text())
+    assert saved["results"] == [{"k": 20, "t": 0.5, "top1": grid[(20, 0.5)]}]
+    assert saved["bank"] == {"split": "train", "images": 100}
     # any labelled split as the bank: the test split against itself (features computed in
     # reduced precision may tie, so the reference is the same computation, not 100%)
     self_bank = knn_grid(checkpoint(run_dir), [1], [0.1], bank_split="test", eval_split="test")
     itself = knn_accuracy(queries[0], queries[1], queries[0], queries[1], 10, k=1, temperature=0.1)
-    assert self_bank[0][2] == pytest.approx(itself)
+    assert self_bank.rows[0][2] == pytest.approx(itself)
+    subset = knn_grid(checkpoint(run_dir), [5], [0.1], train_subset=40, eval_subset=10)
+    assert subset.bank == ("train", 40) and subset.queries == ("test", 10)
 
 
 # ---------------------------------------------------------------------------------- fine-tune

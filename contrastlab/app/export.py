@@ -8,7 +8,8 @@ parameter names: torchvision's for the ResNets (which timm's ResNets share), tim
 ``timm/<name>`` backbones. The detectron2 file (ResNets only) is a pickle in detectron2's
 naming, as the MoCo detection protocol converts it (``stem.conv1``, ``res2.0.conv1.norm``,
 ``res2.0.shortcut``). A ``.json`` beside the file records what rebuilds the network (backbone
-name, timm kwargs, CIFAR stem), its feature width, the input normalisation and how to load it.
+name, timm kwargs, CIFAR stem), its feature width, the input normalisation and the Python
+lines that load it without contrastlab (``load``, :func:`load_snippet`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def export_backbone(model: ContrastiveMethod, format: Format, out: str | Path) -
     else:
         atomic_write(out, lambda f: torch.save(state, f))
     meta = export_metadata(model, format)
+    meta["load"] = load_snippet(format, meta, out.name)
     atomic_write(
         Path(f"{out}.json"), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode())
     )
@@ -85,7 +87,7 @@ def export_backbone(model: ContrastiveMethod, format: Format, out: str | Path) -
 
 def export_metadata(model: ContrastiveMethod, format: str) -> dict:
     """What rebuilds and feeds the exported network: backbone name (``arch``), timm name and
-    kwargs, CIFAR stem, feature width, input size and normalisation, and how to load it."""
+    kwargs, CIFAR stem, feature width, input size and normalisation."""
     name, hparams = model.hparams.backbone, model.hparams
     timm_model = name.startswith(TIMM_PREFIX)
     meta = {
@@ -100,25 +102,37 @@ def export_metadata(model: ContrastiveMethod, format: str) -> dict:
         "std": list(model.augment.std),
         "framework": type(model).__name__,
     }
-    meta["load"] = _how_to_load(format, meta)
     return meta
 
 
-def _how_to_load(format: str, meta: dict) -> str:
+def load_snippet(format: str, meta: dict, file: str) -> str:
+    """Python lines that load the export ``file`` with nothing from contrastlab: the network
+    built in timm or torchvision (a CIFAR stem made by hand: a 3x3 stride-1 ``conv1`` and no
+    max-pool), its weights loaded with ``strict=True``, as ``net``."""
     if format == "detectron2":
         return (
-            "MODEL.WEIGHTS=<file> with a ResNet backbone of the same depth (MoCo's R50-C4 recipe)"
+            f"MODEL.WEIGHTS={file} in detectron2, with a ResNet backbone of the same depth "
+            "(MoCo's R50-C4 recipe)"
         )
-    weights = (
-        "safetensors.torch.load_file(file)"
-        if format == "safetensors"
-        else "torch.load(file, weights_only=True)"
-    )
+    name = meta["timm_name"]
     if meta["arch"].startswith(TIMM_PREFIX):
         kwargs = "".join(f", {k}={v!r}" for k, v in meta["kwargs"].items())
-        builder = f"timm.create_model({meta['timm_name']!r}, num_classes=0{kwargs})"
+        lines = ["import torch, timm", f"net = timm.create_model({name!r}, num_classes=0{kwargs})"]
+    elif format == "torchvision":
+        lines = [
+            "import torch, torchvision",
+            f"net = torchvision.models.{name}()",
+            "net.fc = torch.nn.Identity()",
+        ]
     else:
-        tool = "torchvision_resnet" if format == "torchvision" else "timm_resnet"
-        arch, stem = meta["arch"], meta["cifar_stem"]
-        builder = f"contrastlab.models.exported.{tool}({arch!r}, cifar_stem={stem})"
-    return f"{builder}.load_state_dict({weights}, strict=True)"
+        lines = ["import torch, timm", f"net = timm.create_model({name!r}, num_classes=0)"]
+    if meta["cifar_stem"] and not meta["arch"].startswith(TIMM_PREFIX):
+        lines += [
+            "net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem",
+            "net.maxpool = torch.nn.Identity()",
+        ]
+    if format == "safetensors":
+        lines += ["from safetensors.torch import load_file", f"weights = load_file({file!r})"]
+    else:
+        lines += [f"weights = torch.load({file!r}, weights_only=True)"]
+    return "\n".join([*lines, "net.load_state_dict(weights, strict=True)"])
