@@ -122,8 +122,10 @@ def check_divides(key: str, splits: int, batch_key: str, batch: int) -> None:
         )
 
 
-def suggest_keys(message: str, valid: list[str]) -> str:
-    """Append the closest valid keys to each unknown key named in a parser error."""
+def suggest_keys(message: str, valid: list[str], keep_message: bool = True) -> str:
+    """Append the closest valid keys to each unknown key named in a parser error; without
+    ``keep_message``, a message that names unknown keys becomes those lines alone, and any
+    other becomes its first line with jsonargparse's value dumps left out."""
     unknown = re.findall(r"--([\w.]+)", message)
     parent = re.search(r'Parser key "([\w.]+)"', message)
     for option in re.findall(r"Option '([\w.]+)' is not accepted", message):
@@ -137,4 +139,22 @@ def suggest_keys(message: str, valid: list[str]) -> str:
         options = close or siblings[:12]
         if options:
             hints.append(f"'{key}' is not a valid key; valid alternatives: {', '.join(options)}")
-    return "\n".join([message, *hints])
+    if keep_message:
+        return "\n".join([message, *hints])
+    return "\n".join(hints) if hints else brief_parser_message(message)
+
+
+def brief_parser_message(message: str) -> str:
+    """A jsonargparse type error in one line, ``model.temperature: expected float, got
+    'abc'``, without the subtypes it tried or its ``NestedArg`` dumps; any other error: its
+    first line."""
+    keys = re.findall(r'Parser key "([\w.]+)"', message)
+    expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
+    value = re.search(r"(?:Got value|Given value): (.+)", message)
+    nested = re.search(r"val='(.*?)'\)", message)
+    given = nested.group(1) if nested else value.group(1).strip() if value else None
+    if not keys or not expected:
+        return message.strip().splitlines()[0] if message.strip() else message
+    key = keys[0] if len(keys) == 1 else f"{keys[0]}.{keys[-1]}"
+    got = f", got {given!r}" if given is not None else ""
+    return f"{key}: expected {' or '.join(dict.fromkeys(expected))}{got}"

@@ -79,7 +79,23 @@ def straight(tmp_path_factory) -> tuple[Path, Path]:
     run_dir = root / "straight"
     done = subprocess.run(fit_command(run_dir, root / "data"), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (root / "console.txt").write_text(done.stdout + done.stderr)  # test_console reads it
     return root / "data", run_dir
+
+
+def test_console_of_a_run_holds_contrastlabs_lines_only(straight):
+    """What a person sees of a whole run: the data found, the run's settings, the summary;
+    none of Lightning's banners or advertisements (``--verbose`` brings those back:
+    tests/test_console.py)."""
+    data, _ = straight
+    console = (data.parent / "console.txt").read_text()
+    found = f"contrastlab: data: cifar10 in {data}: 100 train images, 20 test images, 10 classes"
+    assert found in console
+    assert "contrastlab: run: MoCoV2 on resnet18 (CIFAR stem), 3 epochs, batch 16" in console
+    assert "contrastlab summary: epochs 3, steps 18" in console
+    for banner in ("GPU available", "TPU available", "litlogger", "Tip:", "Seed set", "| Name"):
+        assert banner not in console, banner
+    assert "Warning" not in console
 
 
 @pytest.mark.slow

@@ -10,16 +10,20 @@ labelled subset; ``contrastlab export --checkpoint PATH --out F --format
 safetensors|torchvision|timm|detectron2`` writes the backbone for other tools.
 ``contrastlab crops --checkpoint PATH --out crops.png`` draws what the encoder attends to:
 heatmaps, ContrastiveCrop boxes and sampled crops of training images.
+``contrastlab embed --checkpoint PATH --folder DIR`` (or ``--split NAME``) writes one embedding
+per image, ``embeddings.npy`` beside ``files.txt``, resumably.
 ``contrastlab report RUN_DIR [RUN_DIR ...]`` writes an HTML report (curves, kNN, hardness,
 crops, embedding), comparing runs when given several.
 ``contrastlab reproduce --grid cifar10 --scale smoke|paper [--seeds 0 1 2 --budget-minutes M]``
 runs a grid of experiments (each cell an ordinary ``fit`` run directory), resumably, and
 writes ``results.md``, ``results.json`` and a report comparing the cells.
+``--verbose`` (any command) brings back Lightning's banners, warnings and full parser errors.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +38,7 @@ COMMANDS = (
     "finetune",
     "export",
     "crops",
+    "embed",
     "report",
     "reproduce",
     "presets",
@@ -79,9 +84,20 @@ def rewrite_fit_args(args: list[str]) -> list[str]:
     return out
 
 
+FIT_HELP = """
+contrastlab's own options of fit (besides --checkpoint.* and --rankme.* above):
+  --resume [PATH]       continue from PATH, or from <run dir>/checkpoints/last.ckpt
+  --verbose             Lightning's banners, warnings and the parser's whole messages
+  --config PRESET       a shipped preset (contrastlab presets) or a YAML file; given before
+                        --help, its values show as the defaults
+A framework's options (with its plug-ins'): contrastlab fit --model.help MoCoV2 (or SimCLR,
+BYOL, SimSiam)."""
+
+
 def fit(args: list[str]) -> None:
     """Train; a user's mistake, a failed save or a diverged loss ends in one line and a non-zero
-    exit, and so does a stop by signal (``128 + signum``, after saving)."""
+    exit, and so does a stop by signal (``128 + signum``, after saving). ``--help`` ends with
+    :data:`FIT_HELP`, what Lightning's help cannot list."""
     from contrastlab.app.fit import ContrastCLI, RunDirectoryError
     from contrastlab.options import OptionError
     from contrastlab.runs.checkpoints import CheckpointWriteError, NonFiniteLoss, RunStopped
@@ -101,6 +117,8 @@ def fit(args: list[str]) -> None:
         raise SystemExit(f"contrastlab fit: {error}") from None
     finally:
         sys.argv = argv
+        if "-h" in args or "--help" in args:
+            print(FIT_HELP)
 
 
 def _rank() -> int:
@@ -139,6 +157,7 @@ def knn(args: list[str]) -> None:
     parser.add_argument("--t", type=float, nargs="+", default=[0.1], help="temperature (0.1)")
     parser.add_argument("--bank-split", default=None, help="labelled bank split (train)")
     parser.add_argument("--eval-split", default=None, help="query split (test / val)")
+    add_subset_options(parser, "train_subset", "eval_subset")
     o = parser.parse_args(args)
     grid = knn_grid(
         path=o.checkpoint,
@@ -148,9 +167,10 @@ def knn(args: list[str]) -> None:
         device=o.device,
         bank_split=o.bank_split,
         eval_split=o.eval_split,
+        train_subset=o.train_subset,
+        eval_subset=o.eval_subset,
     )
-    for k, t, top1 in grid:
-        print(f"kNN top-1 {top1:.2f}% (k={k}, t={t}) {o.checkpoint}")
+    print("\n".join(grid.lines(o.checkpoint)))
 
 
 def linear(args: list[str]) -> None:
@@ -239,6 +259,35 @@ def export(args: list[str]) -> None:
     model = method_from_checkpoint(load_checkpoint_file(o.checkpoint))
     out = export_backbone(model, o.format, o.out)
     print(f"wrote {out} ({o.format}; how to load it: {out}.json)")
+
+
+def embed(args: list[str]) -> None:
+    from contrastlab.app.evaluate import embed_checkpoint
+    from contrastlab.eval.embed import LOAD_LINES
+
+    parser = _checkpoint_parser(
+        "embed",
+        "One embedding per image (the backbone's features of the centre view) as "
+        "embeddings.npy + files.txt; rerun the same command to continue an interrupted run.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--folder", help="an image folder (flat, or with class sub-folders)")
+    source.add_argument("--split", help="a split of the run's dataset (train, test, val, ...)")
+    parser.add_argument("--out", default=None, help="default: <run dir>/embeddings/<name>")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    o = parser.parse_args(args)
+    result = embed_checkpoint(
+        path=o.checkpoint,
+        folder=o.folder,
+        split=o.split,
+        out=o.out,
+        root=o.root,
+        device=o.device,
+        batch_size=o.batch_size,
+        workers=o.workers,
+    )
+    print(f"{result.summary()}; load them with:\n{LOAD_LINES}")
 
 
 def report(args: list[str]) -> None:
@@ -403,7 +452,9 @@ def show_notes_as_lines() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from contrastlab.app.console import take_verbose_flag
+
+    argv = take_verbose_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print(f"\ncommands: {', '.join(COMMANDS)}; presets: {', '.join(list_presets())}")
@@ -423,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(command: str, rest: list[str]) -> None:
     handlers = {
         "fit": fit,
+        "embed": embed,
         "knn": knn,
         "linear": linear,
         "finetune": finetune,
@@ -432,6 +484,9 @@ def run(command: str, rest: list[str]) -> None:
         "reproduce": reproduce,
     }
     if command in handlers:
+        from contrastlab.app.console import quiet_third_parties
+
+        quiet_third_parties()
         handlers[command](rest)
     elif command == "presets":
         presets(rest)

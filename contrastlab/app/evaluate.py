@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
+from contrastlab.data.datasets import LazyImageFolder
 from contrastlab.data.module import DEFAULT_SPLITS, ContrastDataModule
-from contrastlab.data.readers import DatasetError
+from contrastlab.data.readers import DatasetError, list_image_folder
+from contrastlab.eval.embed import Embedded, embed_dataset
 from contrastlab.eval.features import FeatureCache, Features, extract_features
 from contrastlab.eval.finetune import (
     balanced_subset,
@@ -111,7 +114,40 @@ def knn_from_checkpoint(
         device=device,
         bank_split=bank_split,
         eval_split=eval_split,
-    )[0][2]
+    ).rows[0][2]
+
+
+@dataclass(frozen=True)
+class KnnGrid:
+    """kNN top-1 (percent) for each ``(k, t)``, with the splits and image counts it used and
+    the subsets the run's own monitor used (``None``: the whole split)."""
+
+    rows: list[tuple[int, float, float]]
+    bank: tuple[str, int]
+    queries: tuple[str, int]
+    run_subsets: tuple[int | None, int | None]
+
+    def lines(self, checkpoint: str | Path) -> list[str]:
+        """``kNN top-1 35.69% (k=200, t=0.1; bank train 50,000 images, queries test 10,000
+        images; the run's monitor: 2,048 / 2,000) CKPT``."""
+        (bank, n_bank), (queries, n_queries) = self.bank, self.queries
+        sizes = f"bank {bank} {n_bank:,} images, queries {queries} {n_queries:,} images"
+        train, test = self.run_subsets
+        if (train, test) != (None, None):
+            counts = " / ".join(f"{n:,}" if n else "whole split" for n in (train, test))
+            sizes += f"; the run's monitor used subsets: {counts}"
+        return [
+            f"kNN top-1 {top1:.2f}% (k={k}, t={t}; {sizes}) {checkpoint}"
+            for k, t, top1 in self.rows
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "results": [{"k": k, "t": t, "top1": top1} for k, t, top1 in self.rows],
+            "bank": {"split": self.bank[0], "images": self.bank[1]},
+            "queries": {"split": self.queries[0], "images": self.queries[1]},
+            "run_subsets": list(self.run_subsets),
+        }
 
 
 def knn_grid(
@@ -122,18 +158,28 @@ def knn_grid(
     device: str = "cpu",
     bank_split: str | None = None,
     eval_split: str | None = None,
-) -> list[tuple[int, float, float]]:
-    """``(k, t, top-1)`` for every pair of ``ks`` and ``ts``, features extracted once."""
+    train_subset: int | None = None,
+    eval_subset: int | None = None,
+) -> KnnGrid:
+    """kNN top-1 for every pair of ``ks`` and ``ts``, features extracted once (optionally of
+    seeded subsets of the bank and query splits), saved as ``<run dir>/eval/knn.json``."""
     run = Evaluation.open(path, root, device)
     bank_split, eval_split = run.splits(bank_split, eval_split)
-    bank_x, bank_y = run.features(bank_split)
-    eval_x, eval_y = run.features(eval_split)
+    bank_x, bank_y = run.features(bank_split, train_subset)
+    eval_x, eval_y = run.features(eval_split, eval_subset)
     num_classes = int(torch.cat([bank_y, eval_y]).max()) + 1
-    return [
-        (k, t, knn_accuracy(eval_x, eval_y, bank_x, bank_y, num_classes, k, t))
-        for k in ks
-        for t in ts
-    ]
+    grid = KnnGrid(
+        rows=[
+            (k, t, knn_accuracy(eval_x, eval_y, bank_x, bank_y, num_classes, k, t))
+            for k in ks
+            for t in ts
+        ],
+        bank=(bank_split, len(bank_y)),
+        queries=(eval_split, len(eval_y)),
+        run_subsets=(run.data.train_subset, run.data.eval_subset),
+    )
+    run.save("knn", grid.to_dict())
+    return grid
 
 
 def knn_of_model(
@@ -312,3 +358,38 @@ def write_crop_picture(
     )
     title = f"{Path(checkpoint_path).name}, epoch {checkpoint.get('epoch', '?')}"
     return save_figure(draw_crop_picture(picture, title), out)
+
+
+def embed_checkpoint(
+    path: str | Path,
+    folder: str | None = None,
+    split: str | None = None,
+    out: str | None = None,
+    root: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 256,
+    workers: int = 0,
+) -> Embedded:
+    """Embeddings of every image of ``folder`` (any image folder, flat or with class
+    sub-folders; each image's shorter side resized as the run's evaluation squares, then
+    centre-cropped) or of the run's dataset ``split``, into ``out`` (default
+    ``<run dir>/embeddings/<folder or split name>``); see :mod:`contrastlab.eval.embed`."""
+    if (folder is None) == (split is None):
+        raise DatasetError("embed needs exactly one of --folder DIR and --split NAME")
+    run = Evaluation.open(path, root, device)
+    if folder is not None:
+        files, _, _ = list_image_folder(folder)
+        size = run.data.working_size or round(run.model.augment.size * 256 / 224)
+        dataset: Dataset = LazyImageFolder(files, None, size)
+        names = [str(file.relative_to(folder)) for file in files]
+        source = {"folder": str(Path(folder).resolve()), "resized_to": size}
+    else:
+        dataset = run.data.split_dataset(split)
+        names = run.data.split_file_names(split) or [
+            f"{run.data.dataset}/{split}/{i}" for i in range(len(dataset))
+        ]
+        source = {"dataset": run.data.dataset, "root": str(run.data.data_root()), "split": split}
+    name = Path(folder).resolve().name if folder is not None else split
+    target = Path(out) if out is not None else run.cache.directory.parent / "embeddings" / name
+    source = {"checkpoint": str(Path(path).resolve()), **source}
+    return embed_dataset(run.model, dataset, names, target, run.device, source, batch_size, workers)

@@ -13,15 +13,24 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from contrastlab.app.console import is_first_process, is_verbose, note
+from contrastlab.app.export import export_metadata, load_snippet
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.eval.monitors import KnnMonitor, RankMeMonitor, knn_monitor, rankme_monitor
 from contrastlab.io import remove_stale_temporaries
 from contrastlab.methods.base import ContrastiveMethod
 from contrastlab.options import OptionError, check_divides, check_options, suggest_keys
-from contrastlab.precision import cached_precision, choose_precision, default_precision
+from contrastlab.precision import (
+    PrecisionChoice,
+    cache_file,
+    cached_precision,
+    choose_precision,
+    contradicts,
+    default_precision,
+    forget_precision,
+)
 from contrastlab.runs.checkpoints import (
     RunCheckpoint,
     StagedCheckpointIO,
@@ -55,7 +64,51 @@ class RunSummary(pl.Callback):
     run dir."""
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rank_zero_info("contrastlab summary: " + ", ".join(summary_parts(trainer, pl_module)))
+        if is_first_process():
+            line = "contrastlab summary: " + ", ".join(summary_parts(trainer, pl_module))
+            print(line, file=sys.stderr, flush=True)
+            print(encoder_hint(trainer, pl_module), file=sys.stderr, flush=True)
+
+
+def encoder_hint(trainer: pl.Trainer, model: pl.LightningModule) -> str:
+    """How to take the trained encoder elsewhere: the export command and the plain timm /
+    PyTorch lines that load its file (:func:`contrastlab.app.export.load_snippet`)."""
+    checkpoint = checkpoint_path(Path(trainer.default_root_dir))
+    snippet = load_snippet("timm", export_metadata(model, "timm"), "encoder.pth")
+    return (
+        f"contrastlab: the encoder, for plain timm / PyTorch: contrastlab export --checkpoint "
+        f"{checkpoint} --format timm --out encoder.pth, then\n"
+        + "".join(f"    {line}\n" for line in snippet.splitlines())
+        + f"  embeddings of a folder: contrastlab embed --checkpoint {checkpoint} --folder DIR"
+    )
+
+
+class RunAnnouncement(pl.Callback):
+    """Two lines once the data is read: what was found, and what this run will do."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        if stage != "fit" or not isinstance(data, ContrastDataModule):
+            return
+        note(f"data: {data.description()}")
+        note(f"run: {run_settings(trainer, pl_module, data)}")
+
+
+def run_settings(trainer: pl.Trainer, model: pl.LightningModule, data: ContrastDataModule) -> str:
+    """``MoCoV2 + SyntheticNegatives on resnet18 (CIFAR stem), 200 epochs, batch 512 (1 process
+    x 512) on cpu, lr 0.06, bf16-mixed, run dir runs/x``."""
+    hp = model.hparams
+    plug_ins = [getattr(model, "synthetic", None), getattr(model, "crop", None)]
+    method = " + ".join([type(model).__name__, *(type(p).__name__ for p in plug_ins if p)])
+    stem = " (CIFAR stem)" if hp.get("cifar_stem") and not hp.get("backbone_kwargs") else ""
+    processes = trainer.world_size
+    device = trainer.strategy.root_device.type
+    return (
+        f"{method} on {hp.get('backbone')}{stem}, {trainer.max_epochs} epochs, batch "
+        f"{data.batch_size * processes} ({processes} process{'es' if processes > 1 else ''} x "
+        f"{data.batch_size}) on {device}, lr {hp.get('lr')}, {trainer.precision}, run dir "
+        f"{trainer.default_root_dir}"
+    )
 
 
 def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
@@ -173,6 +226,7 @@ class ContrastCLI(LightningCLI):
                 "num_sanity_val_steps": 0,
                 "use_distributed_sampler": False,
                 "default_root_dir": "runs/default",
+                "enable_model_summary": is_verbose(),  # else Lightning's table: see --verbose
             },
             parser_kwargs={
                 "exit_on_error": False,
@@ -190,7 +244,8 @@ class ContrastCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except Exception as error:  # jsonargparse raises ArgumentError / ParserError
             valid = sorted(_flat_keys(parser))
-            raise SystemExit(f"contrastlab fit: {suggest_keys(str(error), valid)}") from None
+            message = suggest_keys(str(error), valid, keep_message=is_verbose())
+            raise SystemExit(f"contrastlab fit: {message}") from None
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config[self.subcommand]["trainer"]
@@ -221,7 +276,13 @@ class ContrastCLI(LightningCLI):
         run_dir = Path(config.get("default_root_dir") or "runs/default")
         rankme = self.config_init[self.subcommand]["rankme"]
         # statistics first: the monitors' passes fall outside the epoch's timing
-        extra: list[pl.Callback] = [RunSummary(), EpochStatistics(), KnnMonitor(), rankme]
+        extra: list[pl.Callback] = [
+            RunAnnouncement(),
+            RunSummary(),
+            EpochStatistics(),
+            KnnMonitor(),
+            rankme,
+        ]
         own_bar = any(isinstance(c, ProgressBar) for c in callbacks)
         if config.get("enable_progress_bar") is not False and not own_bar:
             extra.append(RunProgressBar())
@@ -231,7 +292,10 @@ class ContrastCLI(LightningCLI):
             extra.insert(0, self.record)
         config["plugins"] = [*(config.get("plugins") or []), self.checkpoint_io]
         if config.get("precision") is None:
-            config["precision"] = measured_precision(self.model, self.datamodule, config)
+            choice = measured_precision(self.model, self.datamodule, config)
+            if isinstance(choice, PrecisionChoice) and not self.model.hparams.compile:
+                extra.append(PrecisionCheck(choice))  # compiled steps may beat eager timing
+            config["precision"] = getattr(choice, "precision", choice)
             # config.yaml records the precision the run trained in
             self.config[self.subcommand]["trainer"]["precision"] = config["precision"]
         return super()._instantiate_trainer(config, [*callbacks, *extra])
@@ -321,31 +385,55 @@ class ContrastCLI(LightningCLI):
 
 def measured_precision(
     model: ContrastiveMethod, data: ContrastDataModule, trainer_config: dict[str, Any]
-) -> str:
+) -> PrecisionChoice | str:
     """The precision measured fastest for this run's network, per-process batch and view size
     on its device (:func:`contrastlab.precision.choose_precision`), said in one line. Several
     processes starting together would time each other, so they use an earlier measurement or,
-    without one, the static guess (:func:`contrastlab.precision.default_precision`)."""
+    without one, the static guess (:func:`contrastlab.precision.default_precision`, returned as
+    a plain name)."""
     device = training_device(trainer_config)
     network, size = model.backbone, model.augment.size
     channels_last = bool(model.hparams.channels_last)
-    if expected_processes(trainer_config) > 1:
-        known = cached_precision(network, size, device, channels_last)
-        if known is None:
-            guess = default_precision()
-            note(
-                f"precision {guess} (several processes: not measured; a one-process run of this "
-                f"network measures it once, or give --trainer.precision)"
-            )
-            return guess
-        note(known.message())
-        return known.precision
     known = cached_precision(network, size, device, channels_last)
+    if expected_processes(trainer_config) > 1 and known is None:
+        guess = default_precision()
+        note(
+            f"precision {guess} (several processes: not measured; a one-process run of this "
+            f"network measures it once, or give --trainer.precision)"
+        )
+        return guess
     if known is None:
         note("timing fp32 and reduced precision on this network (once per device and network)")
     choice = known or choose_precision(network, data.batch_size, size, device, channels_last)
     note(f"{choice.message()}; --trainer.precision overrides")
-    return choice.precision
+    return choice
+
+
+class PrecisionCheck(pl.Callback):
+    """After the first epoch: a run training faster than its precision's measured rate proves
+    the measurement disturbed (:func:`contrastlab.precision.contradicts`); the cache forgets
+    it, so the next run measures again."""
+
+    def __init__(self, choice: PrecisionChoice) -> None:
+        self.choice, self.checked = choice, False
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        statistics = epoch_statistics(trainer)
+        if self.checked or statistics is None or statistics.per_process_rate is None:
+            return
+        self.checked, trained = True, statistics.per_process_rate
+        if not contradicts(self.choice, trained) or not is_first_process():
+            return
+        channels_last = bool(pl_module.hparams.channels_last)
+        size = pl_module.augment.size
+        forget_precision(pl_module.backbone, size, pl_module.device, channels_last)
+        measured = self.choice.rates[self.choice.precision]
+        note(
+            f"this run trains at {trained:.0f} img/s per process in {self.choice.precision}, "
+            f"faster than the {measured:.0f} img/s measured for its backbone alone: that "
+            f"measurement was disturbed (a busy machine?), so it is dropped from "
+            f"{cache_file()} and the next run measures again"
+        )
 
 
 def training_device(trainer_config: dict[str, Any]) -> torch.device:
@@ -370,12 +458,6 @@ def expected_processes(trainer_config: dict[str, Any]) -> int:
     else:  # "auto" or -1: every GPU, one CPU process
         count = torch.cuda.device_count() if on_gpu else 1
     return max(1, count) * int(trainer_config.get("num_nodes") or 1)
-
-
-def note(message: str) -> None:
-    """One line for the user on stderr (first process only)."""
-    if rank_zero_only.rank == 0:
-        print(f"contrastlab: {message}", file=sys.stderr, flush=True)
 
 
 # Plug-ins name their options by class; the CLI names them by config key.

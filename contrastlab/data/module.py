@@ -189,6 +189,7 @@ class ContrastDataModule(pl.LightningDataModule):
         self.bank_set: Dataset | None = None
         self.eval_set: Dataset | None = None
         self.num_classes: int | None = None
+        self._split_sizes: dict[str, int] = {}  # images in each split before a subset
 
     def data_root(self) -> Path:
         if self.dataset == "folder":
@@ -244,6 +245,27 @@ class ContrastDataModule(pl.LightningDataModule):
         self.bank_set = self._in_memory(bank) if bank.labels is not None else None
         self.eval_set = self._in_memory(evaluation) if evaluation is not None else None
 
+    def description(self) -> str:
+        """What :meth:`setup` found, in one line: ``cifar10 in DIR: 2,048 of 50,000 train
+        images, 10,000 test images, 10 classes``; a missing evaluation split says what it
+        turns off."""
+        train_split, bank_split, eval_split = DEFAULT_SPLITS[self.dataset]
+        parts = [self._count(self.train_set, train_split, self.train_subset)]
+        if bank_split != train_split and self.bank_set is not None:
+            parts.append(self._count(self.bank_set, bank_split, self.train_subset))
+        if self.eval_set is not None:
+            parts.append(self._count(self.eval_set, eval_split, self.eval_subset))
+        else:
+            parts.append(f"no {eval_split} split (no kNN monitor; RankMe needs no labels)")
+        classes = f"{self.num_classes} classes" if self.num_classes else "no labels"
+        return f"{self.dataset} in {self.data_root()}: {', '.join(parts)}, {classes}"
+
+    def _count(self, dataset: Dataset | None, split: str, subset: int | None) -> str:
+        size = len(dataset) if dataset is not None else 0
+        full = next((n for key, n in self._split_sizes.items() if f"the {split} split" in key), 0)
+        whole = f" of {full:,}" if subset is not None and full > size else ""
+        return f"{size:,}{whole} {split} images"
+
     def split_dataset(self, split: str, subset: int | None = None) -> Dataset:
         """Any split of the dataset, un-augmented, for evaluation: in memory (a seeded subset of
         ``subset`` images when given) or, with ``lazy``, decoded from its folder."""
@@ -277,6 +299,8 @@ class ContrastDataModule(pl.LightningDataModule):
     def _subset(self, images: ImageSet, count: int | None, check: str | None = None) -> ImageSet:
         """A seeded subset of ``count`` images; with ``check`` (the option and split it
         names), a count larger than the split is an error instead of "everything"."""
+        if check is not None:
+            self._split_sizes[check] = len(images)
         if check is not None and count is not None and count > len(images):
             raise DatasetError(f"{check}: {count} is more than its {len(images)} images")
         rows = seeded_subset(len(images), count, self.seed)

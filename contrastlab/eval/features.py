@@ -24,12 +24,20 @@ Features = tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def extract_features(
-    model: ContrastiveMethod, batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device
+    model: ContrastiveMethod,
+    batches: Iterable[tuple[torch.Tensor, ...]],
+    device: torch.device,
+    progress: str | None = None,
 ) -> Features:
     """Backbone features (eval mode, un-augmented centre views) of every batch, on ``device``,
-    in the precision measured fastest for the model (``ContrastiveMethod.precision_context``)."""
+    in the precision measured fastest for the model (``ContrastiveMethod.precision_context``);
+    with ``progress``, a progress bar of that title."""
     model.to(device).eval()
     features, labels = [], []
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, unit="batch", leave=False)
     for images, _, batch_labels in batches:
         images = images.to(device, non_blocking=True)
         with model.precision_context(device):
@@ -106,6 +114,8 @@ class FeatureCache:
         if path.is_file():
             saved = load_tensors(path)
             return saved["features"], saved["labels"]
-        features, labels = extract_features(model, ordered_loader(dataset, batch_size), device)
+        title = f"features of {len(dataset):,} images"
+        loader = ordered_loader(dataset, batch_size)
+        features, labels = extract_features(model, loader, device, progress=title)
         atomic_save({"features": features, "labels": labels}, path)
         return features, labels
