@@ -13,7 +13,16 @@ from conftest import QUIET_BATCHES_OF_16, write_cifar
 from contrastlab.app.cli import main
 from contrastlab.app.evaluate import Evaluation, knn_grid
 from contrastlab.app.export import backbone_state_dict, detectron2_name, export_backbone
-from contrastlab.app.report import curve_figure, hardness_keys, pca_2d, read_run, write_report
+from contrastlab.app.report import (
+    curve_figure,
+    embedding_figure,
+    hardness_keys,
+    hardness_title,
+    loss_keys,
+    pca_2d,
+    read_run,
+    write_report,
+)
 from contrastlab.eval import features as features_module
 from contrastlab.eval.finetune import (
     balanced_subset,
@@ -386,6 +395,29 @@ def test_report_of_one_run(run_dir):
     assert untrained["epoch"] == "-1"
     assert f"<td>{float(untrained['knn/top1']):.2f}%</td>" in page and "untrained kNN" in page
     assert "<td>100 / 20 / 100</td>" in page  # the kNN bank, queries and training set
+    assert f"<th>{run_dir.name}</th><td>2</td>" in page  # epochs trained
+
+
+def test_short_and_plain_runs_keep_their_curves_and_say_what_they_show(tmp_path):
+    """A run that logged no step losses shows its epoch means; a plain MoCo run's hardness
+    panel names the queue's negatives, a SynCo run's the synthetic ones too."""
+    plain_rows = [{"epoch": e, "step": 3 + 4 * e, "train/loss_epoch": 5 - e} for e in range(3)]
+    plain_rows += [{"epoch": 0, "step": 1, "hardness/positive": 0.5, "hardness/pool/mean": 0.2}]
+    plain = read_run(write_metrics(tmp_path / "plain", plain_rows))
+    assert plain.epochs == 3 and loss_keys([plain]) == ["train/loss_epoch"]
+    assert "the queue's negatives" in hardness_title([plain])
+    synco_rows = [{"epoch": 0, "step": 0, "train/loss_step": 4.0, "hardness/mixup/mean": 0.3}]
+    synco = read_run(write_metrics(tmp_path / "synco", synco_rows))
+    assert loss_keys([plain, synco]) == ["train/loss_step"]
+    assert "real and synthetic negatives" in hardness_title([plain, synco])
+    page = write_report([plain.path], tmp_path / "out", pictures=False).read_text()
+    assert "report/loss.png" in page and "<td>3</td>" in page
+
+
+def test_the_embedding_legend_names_the_classes():
+    features, labels = torch.randn(40, 8), torch.arange(40) % 3
+    figure = embedding_figure([("run", features, labels, ["cat", "dog", "ship"])])
+    assert [t.get_text() for t in figure.axes[0].get_legend().texts] == ["cat", "dog", "ship"]
 
 
 def write_metrics(path: Path, rows: list[dict]) -> Path:

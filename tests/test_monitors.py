@@ -159,3 +159,31 @@ def test_a_labelled_run_measures_the_knn_banks_features_at_the_knn_cadence():
         unlabelled.current_epoch = epoch
         own.on_train_epoch_end(unlabelled, module)
     assert [row["epoch"] for _, row in unlabelled.loggers[0].rows] == [4, 9, 11]
+
+
+@pytest.mark.parametrize(("every", "passes"), [(5, [2]), (3, []), (1, [])])
+def test_the_knn_monitor_measures_after_the_last_epoch_when_no_validation_did(every, passes):
+    """A run shorter than the validation interval (or not ending on it) still ends with a
+    trained figure; an epoch that validated is not measured twice."""
+    from contrastlab.eval.monitors import KnnMonitor
+
+    trainer = stand_in_trainer(10)
+    trainer.check_val_every_n_epoch, trainer.max_epochs, trainer.should_stop = every, 3, False
+    knn, measured, module = KnnMonitor(), [], StandIn(torch.zeros(1, 4))
+    knn.measure = lambda trainer, pl_module: measured.append(trainer.current_epoch) or 42.0
+    for epoch in range(3):
+        trainer.current_epoch, trainer.global_step = epoch, 4 * (epoch + 1)
+        knn.on_train_epoch_end(trainer, module)
+    assert measured == passes
+    if passes:
+        assert module.logged["knn/top1"] == 42.0
+        assert trainer.loggers[0].rows == [(11, {"knn/top1": 42.0, "epoch": 2})]
+
+
+@pytest.mark.parametrize(("steps", "interval", "expected"), [(4, 8, 4), (20, 8, 8), (8, 8, 8)])
+def test_a_short_epoch_logs_its_step_curves_once_at_least(steps, interval, expected):
+    from contrastlab.app.fit import LogEveryEpoch
+
+    trainer = SimpleNamespace(num_training_batches=steps, log_every_n_steps=interval)
+    LogEveryEpoch().on_train_start(trainer, None)
+    assert trainer.log_every_n_steps == expected

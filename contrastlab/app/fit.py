@@ -94,6 +94,16 @@ class RunAnnouncement(pl.Callback):
         note(f"run: {run_settings(trainer, pl_module, data)}")
 
 
+class LogEveryEpoch(pl.Callback):
+    """``log_every_n_steps`` at most an epoch's steps, so that a run with fewer steps than the
+    interval still logs its step curves (loss, lr, hardness) once an epoch."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = trainer.num_training_batches
+        if isinstance(steps, int) and 0 < steps < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = steps
+
+
 def run_settings(trainer: pl.Trainer, model: pl.LightningModule, data: ContrastDataModule) -> str:
     """``MoCoV2 + SyntheticNegatives on resnet18 (CIFAR stem), 200 epochs, batch 512 (1 process
     x 512) on cpu, lr 0.06, bf16-mixed, run dir runs/x``."""
@@ -104,7 +114,7 @@ def run_settings(trainer: pl.Trainer, model: pl.LightningModule, data: ContrastD
     processes = trainer.world_size
     device = trainer.strategy.root_device.type
     return (
-        f"{method} on {hp.get('backbone')}{stem}, {trainer.max_epochs} epochs, batch "
+        f"{method} on {hp.get('backbone')}{stem}, {epochs(trainer.max_epochs)}, batch "
         f"{data.batch_size * processes} ({processes} process{'es' if processes > 1 else ''} x "
         f"{data.batch_size}) on {device}, lr {hp.get('lr')}, {trainer.precision}, run dir "
         f"{trainer.default_root_dir}"
@@ -121,7 +131,7 @@ def summary_parts(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[st
     trained = f"{float(metrics['knn/top1']):.2f}%" if "knn/top1" in metrics else None
     if untrained is not None or trained is not None:
         before = f"{untrained:.2f}% untrained" if untrained is not None else None
-        after = f"{trained} after {trainer.current_epoch} epochs" if trained else None
+        after = f"{trained} after {epochs(trainer.current_epoch)}" if trained else None
         knn = " -> ".join(p for p in (before, after) if p)
         about = (
             monitor.protocol(pl_module)
@@ -147,9 +157,13 @@ def rankme_summary(trainer: pl.Trainer) -> list[str]:
     if untrained is None and trained is None:
         return []
     before = f"{untrained:.1f} untrained" if untrained is not None else None
-    after = f"{trained:.1f} after {trainer.current_epoch} epochs" if trained is not None else None
+    after = f"{trained:.1f} after {epochs(trainer.current_epoch)}" if trained is not None else None
     images = f"{monitor.measured_images:,} training images" if monitor else "training images"
     return [f"RankMe {' -> '.join(p for p in (before, after) if p)} ({images}, backbone)"]
+
+
+def epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
 
 
 def input_bound_hint(wait: float) -> str:
@@ -278,6 +292,7 @@ class ContrastCLI(LightningCLI):
         # statistics first: the monitors' passes fall outside the epoch's timing
         extra: list[pl.Callback] = [
             RunAnnouncement(),
+            LogEveryEpoch(),
             RunSummary(),
             EpochStatistics(),
             KnnMonitor(),

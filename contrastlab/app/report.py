@@ -32,6 +32,8 @@ class Run:
     name: str
     series: dict[str, Series] = field(default_factory=dict)
     results: dict[str, dict] = field(default_factory=dict)
+    epochs: int = 0
+    """Epochs trained (the largest epoch ``metrics.csv`` logged, plus one)."""
 
     @property
     def checkpoint(self) -> Path:
@@ -51,6 +53,8 @@ def read_run(path: str | Path) -> Run:
     run = Run(path, path.name)
     with metrics.open(newline="") as f:
         for row in csv.DictReader(f):
+            if row.get("epoch"):
+                run.epochs = max(run.epochs, int(float(row["epoch"])) + 1)
             for key, value in row.items():
                 if key in ("epoch", "step") or not value:
                     continue
@@ -98,6 +102,24 @@ def curve_figure(runs: list[Run], keys: list[str], title: str, xlabel: str) -> F
     return figure
 
 
+def loss_keys(runs: list[Run]) -> list[str]:
+    """The step losses, or each epoch's mean loss for runs that logged no steps."""
+    if any("train/loss_step" in r.series for r in runs):
+        return ["train/loss_step"]
+    return ["train/loss_epoch"]
+
+
+def hardness_title(runs: list[Run]) -> str:
+    """Names what the hardness panels show: the queue's negatives only (plain MoCo), or real
+    and synthetic ones (SynCo, MoCHi)."""
+    real = ("hardness/positive", "hardness/pool/", "hardness/pool_false_negative_share")
+    synthetic = any(
+        k.startswith("hardness/") and not k.startswith(real) for r in runs for k in r.series
+    )
+    kinds = "real and synthetic negatives" if synthetic else "the queue's negatives"
+    return f"hardness of {kinds} (cosine similarity to the query)"
+
+
 def hardness_keys(runs: list[Run]) -> list[str]:
     """The logged hardness statistics: positive, pool and per-kind means, share above positive."""
     names = sorted({k for r in runs for k in r.series if k.startswith("hardness/")})
@@ -105,11 +127,16 @@ def hardness_keys(runs: list[Run]) -> list[str]:
     return ["hardness/positive", *means, "hardness/synthetic_above_positive"]
 
 
-def embedding_figure(embeddings: list[tuple[str, torch.Tensor, torch.Tensor]]) -> Figure:
-    """PCA to 2-D of each run's evaluation features, points coloured by class."""
+Embedding = tuple[str, torch.Tensor, torch.Tensor, list[str] | None]
+"""``(run name, features, labels, class names or None)``."""
+
+
+def embedding_figure(embeddings: list[Embedding]) -> Figure:
+    """PCA to 2-D of each run's evaluation features, points coloured by class (named in the
+    legend when the dataset names its classes)."""
     figure = Figure(figsize=(4.2 * len(embeddings), 4.2), layout="constrained")
     axes = figure.subplots(1, len(embeddings), squeeze=False)[0]
-    for axis, (name, features, labels) in zip(axes, embeddings, strict=True):
+    for axis, (name, features, labels, class_names) in zip(axes, embeddings, strict=True):
         points = pca_2d(features)
         classes = int(labels.max()) + 1
         cmap = "tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo"
@@ -118,6 +145,8 @@ def embedding_figure(embeddings: list[tuple[str, torch.Tensor, torch.Tensor]]) -
         )
         if classes <= 20:
             handles, names = scatter.legend_elements(num=classes)
+            if class_names is not None and len(class_names) == len(handles):
+                names = class_names
             axis.legend(handles, names, title="class", fontsize=6, title_fontsize=7, loc="best")
         axis.set_title(f"{name}: evaluation features, PCA", fontsize=9)
         axis.set_xticks([])
@@ -133,12 +162,14 @@ def pca_2d(features: torch.Tensor) -> torch.Tensor:
     return x @ v[:2].T
 
 
-def run_embedding(run: Run, subset: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def run_embedding(run: Run, subset: int, device: str) -> Embedding:
+    """The run's evaluation features (a seeded subset), labels and class names."""
     from contrastlab.app.evaluate import Evaluation
 
     evaluation = Evaluation.open(run.checkpoint, device=device)
     _, split = evaluation.splits(None, None)
-    return evaluation.features(split, subset)
+    features, labels = evaluation.features(split, subset)
+    return run.name, features, labels, evaluation.data.class_names(split)
 
 
 def run_crops(run: Run, out: Path, device: str) -> Path | None:
@@ -169,7 +200,7 @@ def final_table(runs: list[Run]) -> str:
         untrained = knn[0][1] if knn and knn[0][0] == 0 else None  # logged at epoch -1
         trained = knn[-1] if knn and knn[-1][0] > 0 else None
         cells = [
-            f"{trained[0]:.0f}" if trained else "",
+            f"{run.epochs}" if run.epochs else "",
             f"{loss[-1][1]:.3f}" if loss else "",
             f"{untrained:.2f}%" if untrained is not None else "",
             f"{trained[1]:.2f}%" if trained else "",
@@ -244,7 +275,7 @@ def write_report(
             save_figure(figure, images / name)
             sections.append((title, f"report/{name}"))
 
-    add("Loss", curve_figure(runs, ["train/loss_step"], "training loss", "step"), "loss.png")
+    add("Loss", curve_figure(runs, loss_keys(runs), "training loss", "step"), "loss.png")
     add("Learning rate", curve_figure(runs, ["train/lr"], "learning rate", "step"), "lr.png")
     knn = curve_figure(runs, ["knn/top1"], "kNN top-1 (%)", "epochs trained (0: untrained)")
     add("kNN accuracy", knn, "knn.png")
@@ -255,7 +286,7 @@ def write_report(
         "epochs trained (0: untrained)",
     )
     add("RankMe (label-free: comparable within one method and backbone)", rank, "rankme.png")
-    hardness = curve_figure(runs, hardness_keys(runs), "synthetic-negative hardness", "step")
+    hardness = curve_figure(runs, hardness_keys(runs), hardness_title(runs), "step")
     add("Hardness of negatives", hardness, "hardness.png")
     notes = []
     if pictures:
@@ -280,7 +311,7 @@ def _add_pictures(runs: list[Run], images: Path, sections, embed_subset: int, de
     embeddings = []
     for run in runs:
         try:
-            embeddings.append((run.name, *run_embedding(run, embed_subset, device)))
+            embeddings.append(run_embedding(run, embed_subset, device))
         except (OSError, ValueError) as error:
             notes.append(f"{run.name}: no embedding ({error})")
     if embeddings:

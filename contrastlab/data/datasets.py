@@ -22,6 +22,7 @@ class InMemoryImages(Dataset):
         self.images = images.images
         labels = images.labels
         self.labels = labels if labels is not None else torch.full((len(images),), -1)
+        self.classes = images.classes  # the labels' names, when the dataset ships them
 
     def to(self, device: torch.device | str) -> InMemoryImages:
         self.images, self.labels = self.images.to(device), self.labels.to(device)

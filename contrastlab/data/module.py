@@ -276,6 +276,13 @@ class ContrastDataModule(pl.LightningDataModule):
             self._subset(read_split(self.dataset, root, split, self.working_size), subset)
         )
 
+    def class_names(self, split: str) -> list[str] | None:
+        """The names of the labels of ``split`` (CIFAR's ``airplane``, a folder's class
+        sub-folders), or ``None`` when the dataset has none."""
+        if self.dataset == "folder":
+            return training_classes(self.data_root())
+        return getattr(self.split_dataset(split), "classes", None)
+
     def split_file_names(self, split: str) -> list[str] | None:
         """The file names of a folder dataset's split, in dataset order (``None`` for the
         datasets that ship as arrays, such as CIFAR)."""

@@ -1,8 +1,9 @@
 """What a pretraining run measures while it trains, as Lightning callbacks.
 
 :class:`KnnMonitor` is the InstDisc / MoCo kNN monitor: the weighted kNN top-1 of the
-evaluation split's features against the training split's, after every validation pass and once
-before the first step (the untrained encoder, logged at epoch -1). It needs labels.
+evaluation split's features against the training split's, after every validation pass, after
+the last epoch, and once before the first step (the untrained encoder, logged at epoch -1). It
+needs labels.
 
 :class:`RankMeMonitor` needs none: RankMe and the normalised features' spread on a fixed
 sample of training images, before the first step and at the kNN monitor's cadence.
@@ -44,7 +45,8 @@ class KnnMonitor(pl.Callback):
     """The kNN monitor of a labelled run.
 
     Logs ``knn/top1`` (percent; ``k = knn_k`` neighbours weighted ``exp(sim / knn_t)``, cosine
-    similarity of the module's ``monitor_features``) after each validation pass, and before the
+    similarity of the module's ``monitor_features``) after each validation pass and the last
+    epoch (a pass of its own when that epoch has no validation), and before the
     first training step the untrained encoder's figure at epoch -1 with the sizes it was
     computed on (``knn/bank_images``, ``knn/query_images``, ``knn/train_images``). The untrained
     figure and the sizes are saved in checkpoints (``checkpoint["contrastlab"]``), so a resume
@@ -68,18 +70,32 @@ class KnnMonitor(pl.Callback):
         if trainer.global_step == 0 and self.untrained is None:
             self.measure_untrained(trainer, pl_module)
 
-    @torch.no_grad()
     def measure_untrained(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.untrained = self.measure(trainer, pl_module)
+        if self.untrained is None:
+            return
+        sizes = {f"knn/{name}_images": count for name, count in self.sizes.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics({"knn/top1": self.untrained, **sizes, "epoch": -1}, step=0)
+        say(
+            trainer,
+            f"contrastlab: kNN top-1 of the untrained encoder {self.untrained:.2f}% "
+            f"({self.protocol(pl_module)})",
+        )
+
+    @torch.no_grad()
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
+        """A kNN pass outside Lightning's validation loop (``None`` without labelled splits)."""
         data = trainer.datamodule
         loaders = data.knn_dataloaders() if hasattr(data, "knn_dataloaders") else []
-        if not loaders and hasattr(data, "knn_dataloaders"):
+        if not loaders and hasattr(data, "knn_dataloaders") and self.untrained is None:
             say(
                 trainer,
                 "contrastlab: no kNN monitor: the data has no labels (a flat folder, or no "
                 "labelled split); the loss and the report's curves are what this run shows",
             )
         if not loaders or not trainer.limit_val_batches:
-            return
+            return None
         was_training = pl_module.training
         pl_module.eval()
         outputs: tuple[Batches, Batches] = ([], [])
@@ -89,15 +105,21 @@ class KnnMonitor(pl.Callback):
                     images = images.to(pl_module.device, non_blocking=True)
                     output.append((pl_module.monitor_features(images), labels.to(images.device)))
         pl_module.train(was_training)
-        self.untrained = self.top1(trainer, pl_module, *outputs)
-        sizes = {f"knn/{name}_images": count for name, count in self.sizes.items()}
+        return self.top1(trainer, pl_module, *outputs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The last epoch always ends with a figure: a run shorter than the validation interval
+        (or not ending on it) measures once more, so its summary has a trained kNN."""
+        epoch, every = trainer.current_epoch, trainer.check_val_every_n_epoch or 1
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if not last or (epoch + 1) % every == 0 or trainer.should_stop:
+            return
+        top1 = self.measure(trainer, pl_module)
+        if top1 is None:
+            return
+        pl_module.log("knn/top1", top1, prog_bar=True, rank_zero_only=True, logger=False)
         for logger in trainer.loggers:
-            logger.log_metrics({"knn/top1": self.untrained, **sizes, "epoch": -1}, step=0)
-        say(
-            trainer,
-            f"contrastlab: kNN top-1 of the untrained encoder {self.untrained:.2f}% "
-            f"({self.protocol(pl_module)})",
-        )
+            logger.log_metrics({"knn/top1": top1, "epoch": epoch}, trainer.global_step - 1)
 
     # ------------------------------------------------------------------ each validation pass
 
@@ -273,7 +295,7 @@ class RankMeMonitor(pl.Callback):
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % every and not last:
             return
-        self.record(trainer, pl_module, self.figures(self.sample_pass(trainer, pl_module)))
+        self.record(trainer, pl_module, self.figures(self.features(trainer, pl_module)))
 
     def record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict) -> None:
         pl_module.log("rankme/value", values["rankme/value"], prog_bar=True, logger=False)
