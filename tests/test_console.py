@@ -76,3 +76,24 @@ def test_fit_help_lists_what_the_readme_says(capsys):
         assert option in shown, option
     for own in ("--resume [PATH]", "--verbose", "--model.help MoCoV2"):
         assert own in shown.split("contrastlab's own options of fit")[1], own
+
+
+def test_a_cluster_preset_adapts_to_a_small_machine(monkeypatch, capsys):
+    import os
+
+    from contrastlab.app.fit import adapt_to_machine
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    config = {"data": {"num_workers": 8}, "trainer": {"strategy": "ddp", "accelerator": "cpu"}}
+    adapt_to_machine(config)
+    assert config == {
+        "data": {"num_workers": 2},
+        "trainer": {"strategy": "auto", "accelerator": "cpu"},
+    }
+    said = capsys.readouterr().err
+    assert "data.num_workers 8 -> 2" in said and "trainer.strategy ddp -> auto" in said
+    several = {"data": {"num_workers": 2}, "trainer": {"strategy": "ddp", "devices": 2}}
+    several["trainer"]["accelerator"] = "cpu"
+    adapt_to_machine(several)  # two processes: DDP stays, two workers fit two cores
+    assert several["trainer"]["strategy"] == "ddp" and several["data"]["num_workers"] == 2

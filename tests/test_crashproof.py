@@ -89,7 +89,7 @@ def test_console_of_a_run_holds_contrastlabs_lines_only(straight):
     tests/test_console.py)."""
     data, _ = straight
     console = (data.parent / "console.txt").read_text()
-    found = f"contrastlab: data: cifar10 in {data}: 100 train images, 20 test images, 10 classes"
+    found = f"contrastlab: data: cifar10 at {data}: 100 train images, 20 test images, 10 classes"
     assert found in console
     assert "contrastlab: run: MoCoV2 on resnet18 (CIFAR stem), 3 epochs, batch 16" in console
     assert "contrastlab summary: epochs 3, steps 18" in console

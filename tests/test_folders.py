@@ -516,7 +516,7 @@ def test_a_flat_folder_trains_resumes_and_says_why_there_is_no_knn(tmp_path, cap
     fit_run(tmp_path / "run", folder, "imagenet/mocov2", *options, "--trainer.max_epochs=1")
     assert (folder / INDEX_NAME).is_file()
     first = capsys.readouterr().out
-    assert first.count("no kNN monitor: the data has no labels") == 1
+    assert first.count("no kNN monitor: it needs labelled training and evaluation splits") == 1
     resumed = fit_run(
         tmp_path / "run", folder, "imagenet/mocov2", *options, "--trainer.max_epochs=2", "--resume"
     )

@@ -262,6 +262,7 @@ class ContrastCLI(LightningCLI):
             raise SystemExit(f"contrastlab fit: {message}") from None
 
     def before_instantiate_classes(self) -> None:
+        adapt_to_machine(self.config[self.subcommand])
         trainer = self.config[self.subcommand]["trainer"]
         check_options(
             "trainer",
@@ -448,6 +449,25 @@ class PrecisionCheck(pl.Callback):
             f"faster than the {measured:.0f} img/s measured for its backbone alone: that "
             f"measurement was disturbed (a busy machine?), so it is dropped from "
             f"{cache_file()} and the next run measures again"
+        )
+
+
+def adapt_to_machine(config: dict[str, Any]) -> None:
+    """Presets sized for a GPU cluster, on a small machine: at most one data-loader worker per
+    CPU core this process may use, and DDP only with several processes (a one-process DDP
+    run on the CPU would only add a process group); each change said in one line."""
+    data, trainer = config["data"], config["trainer"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = data.get("num_workers") or 0
+    if cores and workers > cores:
+        data["num_workers"] = cores
+        note(f"data.num_workers {workers} -> {cores}: this machine gives the run {cores} cores")
+    strategy = trainer.get("strategy")
+    if strategy == "ddp" and expected_processes(trainer) == 1:
+        trainer["strategy"] = "auto"
+        note(
+            "trainer.strategy ddp -> auto: one process (one GPU or the CPU); the preset's DDP "
+            "is for several GPUs (torchrun --nproc_per_node N, or --trainer.devices N)"
         )
 
 

@@ -246,7 +246,7 @@ class ContrastDataModule(pl.LightningDataModule):
         self.eval_set = self._in_memory(evaluation) if evaluation is not None else None
 
     def description(self) -> str:
-        """What :meth:`setup` found, in one line: ``cifar10 in DIR: 2,048 of 50,000 train
+        """What :meth:`setup` found, in one line: ``cifar10 at DIR: 2,048 of 50,000 train
         images, 10,000 test images, 10 classes``; a missing evaluation split says what it
         turns off."""
         train_split, bank_split, eval_split = DEFAULT_SPLITS[self.dataset]
@@ -258,7 +258,7 @@ class ContrastDataModule(pl.LightningDataModule):
         else:
             parts.append(f"no {eval_split} split (no kNN monitor; RankMe needs no labels)")
         classes = f"{self.num_classes} classes" if self.num_classes else "no labels"
-        return f"{self.dataset} in {self.data_root()}: {', '.join(parts)}, {classes}"
+        return f"{self.dataset} at {self.data_root()}: {', '.join(parts)}, {classes}"
 
     def _count(self, dataset: Dataset | None, split: str, subset: int | None) -> str:
         size = len(dataset) if dataset is not None else 0

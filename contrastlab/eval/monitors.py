@@ -72,6 +72,18 @@ class KnnMonitor(pl.Callback):
 
     def measure_untrained(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.untrained = self.measure(trainer, pl_module)
+        data = trainer.datamodule
+        if (
+            self.untrained is None
+            and hasattr(data, "knn_dataloaders")
+            and trainer.limit_val_batches
+        ):
+            say(
+                trainer,
+                "contrastlab: no kNN monitor: it needs labelled training and evaluation splits "
+                "(for a folder: class sub-folders in train/ and val/); RankMe and the loss show "
+                "this run's learning",
+            )
         if self.untrained is None:
             return
         sizes = {f"knn/{name}_images": count for name, count in self.sizes.items()}
@@ -88,12 +100,6 @@ class KnnMonitor(pl.Callback):
         """A kNN pass outside Lightning's validation loop (``None`` without labelled splits)."""
         data = trainer.datamodule
         loaders = data.knn_dataloaders() if hasattr(data, "knn_dataloaders") else []
-        if not loaders and hasattr(data, "knn_dataloaders") and self.untrained is None:
-            say(
-                trainer,
-                "contrastlab: no kNN monitor: the data has no labels (a flat folder, or no "
-                "labelled split); the loss and the report's curves are what this run shows",
-            )
         if not loaders or not trainer.limit_val_batches:
             return None
         was_training = pl_module.training
