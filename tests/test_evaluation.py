@@ -396,6 +396,11 @@ def test_report_of_one_run(run_dir):
     assert f"<td>{float(untrained['knn/top1']):.2f}%</td>" in page and "untrained kNN" in page
     assert "<td>100 / 20 / 100</td>" in page  # the kNN bank, queries and training set
     assert f"<th>{run_dir.name}</th><td>2</td>" in page  # epochs trained
+    # the view grids: at the start and after the localisation before epoch 1 (6 steps an epoch)
+    grids = sorted(p.name for p in (run_dir / "views").iterdir())
+    assert grids == ["step_0000000.png", "step_0000006.png"]
+    assert f"report/views_{run_dir.name}_0.png" in page
+    assert f"report/views_{run_dir.name}_6.png" in page
 
 
 def test_short_and_plain_runs_keep_their_curves_and_say_what_they_show(tmp_path):

@@ -50,6 +50,7 @@ from contrastlab.runs.resume import (
     schedule_note,
 )
 from contrastlab.runs.statistics import EpochStatistics, epoch_statistics
+from contrastlab.runs.view_grid import ViewGrid
 
 __all__ = ["ContrastCLI", "RunDirectoryError", "load_checkpoint_file"]
 
@@ -294,6 +295,7 @@ class ContrastCLI(LightningCLI):
         extra: list[pl.Callback] = [
             RunAnnouncement(),
             LogEveryEpoch(),
+            ViewGrid(),
             RunSummary(),
             EpochStatistics(),
             KnnMonitor(),

@@ -12,6 +12,7 @@ import csv
 import html
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,10 +289,25 @@ def write_report(
     add("RankMe (label-free: comparable within one method and backbone)", rank, "rankme.png")
     hardness = curve_figure(runs, hardness_keys(runs), hardness_title(runs), "step")
     add("Hardness of negatives", hardness, "hardness.png")
+    for run in runs:
+        _add_view_grids(run, images, sections)
     notes = []
     if pictures:
         notes += _add_pictures(runs, images, sections, embed_subset, device, add)
     return _write_html(out / "report.html", runs, sections, notes)
+
+
+def _add_view_grids(run: Run, images: Path, sections: list[tuple[str, str]]) -> None:
+    """The run's first and last view grids (``views/step_*.png``, :mod:`contrastlab.runs.
+    view_grid`): each image beside the augmented views the model trained on."""
+    grids = sorted((run.path / "views").glob("step_*.png"))
+    for grid in dict.fromkeys([*grids[:1], *grids[-1:]]):
+        step = int(grid.stem.removeprefix("step_"))
+        name = f"views_{run.name}_{step}.png"
+        images.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(grid, images / name)
+        title = f"Views at step {step:,}: {run.name} (each image, then its augmented views)"
+        sections.append((title, f"report/{name}"))
 
 
 def _add_pictures(runs: list[Run], images: Path, sections, embed_subset: int, device: str, add):
