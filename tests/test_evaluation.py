@@ -14,10 +14,12 @@ from contrastlab.app.cli import main
 from contrastlab.app.evaluate import Evaluation, knn_grid
 from contrastlab.app.export import backbone_state_dict, detectron2_name, export_backbone
 from contrastlab.app.report import (
+    ResultsTable,
     curve_figure,
     embedding_figure,
     hardness_keys,
     hardness_title,
+    knn_sizes_title,
     loss_keys,
     pca_2d,
     read_run,
@@ -395,6 +397,7 @@ def test_report_of_one_run(run_dir):
     assert untrained["epoch"] == "-1"
     assert f"<td>{float(untrained['knn/top1']):.2f}%</td>" in page and "untrained kNN" in page
     assert "<td>100 / 20 / 100</td>" in page  # the kNN bank, queries and training set
+    assert knn_sizes_title([read_run(run_dir)]) == ", bank / queries / training set: 100 / 20 / 100"
     assert f"<th>{run_dir.name}</th><td>2</td>" in page  # epochs trained
     # the view grids: at the start and after the localisation before epoch 1 (6 steps an epoch)
     grids = sorted(p.name for p in (run_dir / "views").iterdir())
@@ -417,6 +420,35 @@ def test_short_and_plain_runs_keep_their_curves_and_say_what_they_show(tmp_path)
     assert "real and synthetic negatives" in hardness_title([plain, synco])
     page = write_report([plain.path], tmp_path / "out", pictures=False).read_text()
     assert "report/loss.png" in page and "<td>3</td>" in page
+
+
+def test_results_table_for_papers_in_markdown_and_latex():
+    table = ResultsTable(["kNN top-1", "RankMe"], [("mocov2_synco", ["35.40%", "65.9 -> 120.4"])])
+    assert table.markdown() == (
+        "| run | kNN top-1 | RankMe |\n|---|---|---|\n| mocov2_synco | 35.40% | 65.9 -> 120.4 |\n"
+    )
+    assert table.latex().splitlines() == [
+        r"\begin{tabular}{lrr}",
+        r"\toprule",
+        r"run & kNN top-1 & RankMe \\",
+        r"\midrule",
+        r"mocov2\_synco & 35.40\% & 65.9 $\rightarrow$ 120.4 \\",
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+
+
+def test_report_figures_for_papers(tmp_path):
+    rows = [{"epoch": 0, "step": s, "train/loss_step": 5 - s, "train/lr": 0.1} for s in range(4)]
+    run = write_metrics(tmp_path / "run", rows)
+    write_report([run], tmp_path / "out", pictures=False, figures=tmp_path / "figs")
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["loss.pdf", "loss.svg", "lr.pdf", "lr.svg", "results.md", "results.tex"]
+    assert "<text" in (tmp_path / "figs" / "loss.svg").read_text()  # text stays text
+    pdf = (tmp_path / "figs" / "loss.pdf").read_bytes()
+    # fonts embedded as TrueType (a CID-keyed TrueType font), not as Type 3 glyph procedures
+    assert b"/CIDFontType2" in pdf and b"/Type3" not in pdf
+    assert "| run | epochs |" in (tmp_path / "figs" / "results.md").read_text()
 
 
 def test_the_embedding_legend_names_the_classes():

@@ -302,8 +302,15 @@ def report(args: list[str]) -> None:
     parser.add_argument("--out", default=None, help="default: the run dir / reports/<names>")
     parser.add_argument("--embed-subset", type=int, default=2000, help="points in the PCA plot")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--figures",
+        default=None,
+        help="also write every plot as PDF and SVG, and the results table as Markdown and "
+        "LaTeX, into this folder",
+    )
     o = parser.parse_args(args)
-    print(f"wrote {write_report(o.runs, o.out, o.embed_subset, o.device)}")
+    page = write_report(o.runs, o.out, o.embed_subset, o.device, figures=o.figures)
+    print(f"wrote {page}" + (f"; figures and tables in {o.figures}" if o.figures else ""))
 
 
 def crops(args: list[str]) -> None:

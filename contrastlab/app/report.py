@@ -21,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from contrastlab.app.figures import save_figure
+from contrastlab.io import atomic_write
 
 Series = list[tuple[float, float]]
 
@@ -183,8 +184,48 @@ def run_crops(run: Run, out: Path, device: str) -> Path | None:
     return write_crop_picture(run.checkpoint, out, images=6, device=device)
 
 
-def final_table(runs: list[Run]) -> str:
-    """Last logged values and evaluation results per run, as an HTML table."""
+@dataclass(frozen=True)
+class ResultsTable:
+    """The final numbers of each run: ``columns`` and one row of cells per run (text, empty
+    where a run has no such number), rendered for the page and for papers."""
+
+    columns: list[str]
+    rows: list[tuple[str, list[str]]]
+
+    def html(self) -> str:
+        header = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", *self.columns])
+        body = "".join(
+            f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells)
+            for name, cells in self.rows
+        )
+        return f"<table><tr>{header}</tr>{body}</table>"
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(["run", *self.columns]) + " |"]
+        lines.append("|" + "---|" * (len(self.columns) + 1))
+        lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def latex(self) -> str:
+        """A ``booktabs`` tabular (``\\usepackage{booktabs}``), special characters escaped."""
+        spec = "l" + "r" * len(self.columns)
+        head = " & ".join(latex_escape(c) for c in ["run", *self.columns])
+        rows = [" & ".join(latex_escape(c) for c in [n, *cells]) + r" \\" for n, cells in self.rows]
+        lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule"]
+        return "\n".join([*lines, *rows, r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+LATEX_SPECIALS = {c: "\\" + c for c in "%&#_$"} | {"~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` for a LaTeX table cell: specials escaped, ``->`` an arrow."""
+    parts = ("".join(LATEX_SPECIALS.get(c, c) for c in part) for part in text.split("->"))
+    return r"$\rightarrow$".join(parts)
+
+
+def final_table(runs: list[Run]) -> ResultsTable:
+    """Last logged values and evaluation results per run."""
     columns = [
         "epochs",
         "final loss",
@@ -210,13 +251,10 @@ def final_table(runs: list[Run]) -> str:
         ]
         for name in columns[6:]:
             result = run.results.get(name, {})
-            top1 = result.get("top1")
+            top1 = result.get("top1", (result.get("results") or [{}])[0].get("top1"))
             cells.append(f"{top1:.2f}% ({_label(result)})" if top1 is not None else "")
-        rows.append(
-            f"<tr><th>{html.escape(run.name)}</th>" + "".join(f"<td>{c}</td>" for c in cells)
-        )
-    header = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", *columns])
-    return f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+        rows.append((run.name, cells))
+    return ResultsTable(columns, rows)
 
 
 def rankme_text(run: Run) -> str:
@@ -239,7 +277,22 @@ def knn_sizes_text(run: Run) -> str:
     return " / ".join(f"{int(n):,}" for n in sizes)
 
 
+def knn_sizes_title(runs: list[Run]) -> str:
+    """``, bank / queries / training set: 2,048 / 2,000 / 2,048`` (one figure shared by the
+    runs, else each run's), or empty when no run logged them."""
+    sizes = {run.name: knn_sizes_text(run) for run in runs if knn_sizes_text(run)}
+    if not sizes:
+        return ""
+    if len(set(sizes.values())) == 1:
+        return f", bank / queries / training set: {next(iter(sizes.values()))}"
+    return ", bank / queries / training set: " + "; ".join(f"{n} {v}" for n, v in sizes.items())
+
+
 def _label(result: dict) -> str:
+    if "results" in result:  # contrastlab knn: its first (k, t)
+        first, bank, queries = result["results"][0], result["bank"], result["queries"]
+        sizes = f"{bank['images']:,} {bank['split']} / {queries['images']:,} {queries['split']}"
+        return f"kNN k={first['k']}, t={first['t']}, {sizes} images"
     if "mode" in result:
         sizes = ""
         if result.get("train_images"):
@@ -255,11 +308,32 @@ def write_report(
     device: str = "cpu",
     names: list[str] | None = None,
     pictures: bool = True,
+    figures: str | Path | None = None,
 ) -> Path:
     """Write ``report.html`` and its PNGs to ``out`` (the run directory for one run,
     ``reports/<names>`` for several); returns the HTML path. ``names`` label the runs (their
     folder names by default); without ``pictures`` only the curves and the table are drawn
-    (no ContrastiveCrop picture or embedding, which read the checkpoints)."""
+    (no ContrastiveCrop picture or embedding, which read the checkpoints). With ``figures``,
+    every plot is also written there as PDF and SVG (fonts embedded as text: TrueType in the
+    PDF, ``<text>`` in the SVG) and the results table as ``results.md`` and ``results.tex``."""
+    with matplotlib.rc_context(PAPER_STYLE):
+        return _write_report(run_dirs, out, embed_subset, device, names, pictures, figures)
+
+
+PAPER_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "pdf.fonttype": 42,  # TrueType, as journals ask; not Type 3
+    "svg.fonttype": "none",  # text stays text
+}
+"""One style for every plot of the report and of ``--figures``."""
+
+
+def _write_report(run_dirs, out, embed_subset, device, names, pictures, figures) -> Path:
     runs = [read_run(p) for p in run_dirs]
     for run, name in zip(runs, names or [], strict=False):
         run.name = name
@@ -275,10 +349,14 @@ def write_report(
         if figure is not None:
             save_figure(figure, images / name)
             sections.append((title, f"report/{name}"))
+            if figures is not None:
+                for suffix in (".pdf", ".svg"):
+                    save_figure(figure, Path(figures) / Path(name).with_suffix(suffix))
 
     add("Loss", curve_figure(runs, loss_keys(runs), "training loss", "step"), "loss.png")
     add("Learning rate", curve_figure(runs, ["train/lr"], "learning rate", "step"), "lr.png")
-    knn = curve_figure(runs, ["knn/top1"], "kNN top-1 (%)", "epochs trained (0: untrained)")
+    knn_title = f"kNN top-1 (%){knn_sizes_title(runs)}"
+    knn = curve_figure(runs, ["knn/top1"], knn_title, "epochs trained (0: untrained)")
     add("kNN accuracy", knn, "knn.png")
     rank = curve_figure(
         runs,
@@ -294,6 +372,10 @@ def write_report(
     notes = []
     if pictures:
         notes += _add_pictures(runs, images, sections, embed_subset, device, add)
+    if figures is not None:
+        table = final_table(runs)
+        atomic_write(Path(figures) / "results.md", lambda f: f.write(table.markdown().encode()))
+        atomic_write(Path(figures) / "results.tex", lambda f: f.write(table.latex().encode()))
     return _write_html(out / "report.html", runs, sections, notes)
 
 
@@ -337,7 +419,7 @@ def _add_pictures(runs: list[Run], images: Path, sections, embed_subset: int, de
 
 def _write_html(path: Path, runs: list[Run], sections, notes: list[str]) -> Path:
     names = ", ".join(html.escape(r.name) for r in runs)
-    body = [f"<h1>contrastlab report: {names}</h1>", final_table(runs)]
+    body = [f"<h1>contrastlab report: {names}</h1>", final_table(runs).html()]
     body += [
         f"<h2>{html.escape(t)}</h2><img src='{src}' alt='{html.escape(t)}'>" for t, src in sections
     ]
