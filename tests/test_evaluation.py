@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 from conftest import QUIET_BATCHES_OF_16, write_cifar
 
 from contrastlab.app.cli import main
@@ -16,6 +17,7 @@ from contrastlab.app.export import backbone_state_dict, detectron2_name, export_
 from contrastlab.app.report import (
     ResultsTable,
     curve_figure,
+    differing_settings,
     embedding_figure,
     hardness_keys,
     hardness_title,
@@ -23,6 +25,7 @@ from contrastlab.app.report import (
     loss_keys,
     pca_2d,
     read_run,
+    run_header,
     write_report,
 )
 from contrastlab.eval import features as features_module
@@ -42,6 +45,7 @@ from contrastlab.eval.linear import (
 from contrastlab.methods import MoCoV2, SimCLR
 from contrastlab.models.exported import faster_rcnn_from_export, timm_resnet, torchvision_resnet
 from contrastlab.runs.records import read_rows
+from contrastlab.runs.run_info import preset_and_options
 
 TINY_RUN = [
     "--model.augment.size",
@@ -397,6 +401,13 @@ def test_report_of_one_run(run_dir):
     assert untrained["epoch"] == "-1"
     assert f"<td>{float(untrained['knn/top1']):.2f}%</td>" in page and "untrained kNN" in page
     assert "<td>100 / 20 / 100</td>" in page  # the kNN bank, queries and training set
+    header = dict(run_header(read_run(run_dir)))  # what the run was, from run.json
+    assert header["preset"].startswith("cifar10/simclr_ccrop: ")
+    assert header["command"].startswith("contrastlab fit --config cifar10/simclr_ccrop --data.root")
+    assert header["options after the preset"].startswith("--data.root ")
+    assert header["versions"].startswith("contrastlab ") and "torch " in header["versions"]
+    assert header["wall time"].endswith("epochs 2, steps 12") and "hardware" in header
+    assert "<h2>Settings that differ" not in page  # one run
     assert knn_sizes_title([read_run(run_dir)]) == ", bank / queries / training set: 100 / 20 / 100"
     assert f"<th>{run_dir.name}</th><td>2</td>" in page  # epochs trained
     # the view grids: at the start and after the localisation before epoch 1 (6 steps an epoch)
@@ -420,6 +431,30 @@ def test_short_and_plain_runs_keep_their_curves_and_say_what_they_show(tmp_path)
     assert "real and synthetic negatives" in hardness_title([plain, synco])
     page = write_report([plain.path], tmp_path / "out", pictures=False).read_text()
     assert "report/loss.png" in page and "<td>3</td>" in page
+
+
+def test_settings_that_differ_between_runs(tmp_path):
+    rows = [{"epoch": 0, "step": 0, "train/loss_step": 1.0}]
+    for name, lr, batch in (("a", 0.1, 64), ("b", 0.2, 64)):
+        write_metrics(tmp_path / name, rows)
+        config = {
+            "model": {"init_args": {"lr": lr, "queue_size": 4096}},
+            "data": {"batch_size": batch},
+        }
+        config["trainer"] = {"default_root_dir": f"runs/{name}"}  # always differs: left out
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    table = differing_settings([read_run(tmp_path / "a"), read_run(tmp_path / "b")])
+    assert table.columns == ["a", "b"] and table.rows == [("model.init_args.lr", ["0.1", "0.2"])]
+    assert differing_settings([read_run(tmp_path / "a")]) is None
+
+
+def test_preset_and_options_of_a_command():
+    presets = {"cifar10/mocov2": "cifar10/mocov2", "/x/cifar10/mocov2.yaml": "cifar10/mocov2"}
+    given = ["--config", "cifar10/mocov2", "--model.lr", "0.1", "--config=mine.yaml"]
+    assert preset_and_options(given, presets) == (
+        "cifar10/mocov2",
+        ["--model.lr", "0.1", "--config", "mine.yaml"],
+    )
 
 
 def test_results_table_for_papers_in_markdown_and_latex():

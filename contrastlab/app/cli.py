@@ -105,7 +105,7 @@ def fit(args: list[str]) -> None:
 
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args both exist
     try:
-        ContrastCLI(args=["fit", *rewrite_fit_args(args)])
+        ContrastCLI(args=["fit", *rewrite_fit_args(args)], given=args)
     except RunStopped as stop:
         job = slurm_job_id()
         requeued = ""

@@ -29,8 +29,10 @@ from contrastlab.precision import (
     choose_precision,
     contradicts,
     default_precision,
+    device_name,
     forget_precision,
 )
+from contrastlab.presets import list_presets, preset_path
 from contrastlab.runs.checkpoints import (
     RunCheckpoint,
     StagedCheckpointIO,
@@ -49,6 +51,7 @@ from contrastlab.runs.resume import (
     resume_changes,
     schedule_note,
 )
+from contrastlab.runs.run_info import RunInfo, preset_and_options
 from contrastlab.runs.statistics import EpochStatistics, epoch_statistics
 from contrastlab.runs.view_grid import ViewGrid
 
@@ -93,6 +96,14 @@ class RunAnnouncement(pl.Callback):
             return
         note(f"data: {data.description()}")
         note(f"run: {run_settings(trainer, pl_module, data)}")
+
+
+def run_info(given: list[str], trainer_config: dict[str, Any]) -> RunInfo:
+    """The :class:`RunInfo` of a ``fit`` given ``given`` (preset names or their files)."""
+    presets = {name: name for name in list_presets()}
+    presets |= {str(preset_path(name)): name for name in presets}
+    preset, options = preset_and_options(given, presets)
+    return RunInfo(given, preset, options, device_name(training_device(trainer_config)))
 
 
 class LogEveryEpoch(pl.Callback):
@@ -227,7 +238,8 @@ class ContrastCLI(LightningCLI):
     before anything is built, the run directory checked before anything is written, resume
     rules, and key suggestions for mistyped options."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], given: list[str] | None = None) -> None:
+        self.given = list(given if given is not None else args[1:])  # as the user typed them
         self.record: RunRecord | None = None
         self.checkpoint_io = StagedCheckpointIO()
         super().__init__(
@@ -293,6 +305,7 @@ class ContrastCLI(LightningCLI):
         rankme = self.config_init[self.subcommand]["rankme"]
         # statistics first: the monitors' passes fall outside the epoch's timing
         extra: list[pl.Callback] = [
+            run_info(self.given, config),
             RunAnnouncement(),
             LogEveryEpoch(),
             ViewGrid(),

@@ -12,16 +12,20 @@ import csv
 import html
 import json
 import math
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 import torch
+import yaml
 from matplotlib.figure import Figure
 
 from contrastlab.app.figures import save_figure
+from contrastlab.app.fit import format_duration
 from contrastlab.io import atomic_write
+from contrastlab.runs.run_info import read_run_info
 
 Series = list[tuple[float, float]]
 
@@ -191,9 +195,11 @@ class ResultsTable:
 
     columns: list[str]
     rows: list[tuple[str, list[str]]]
+    first: str = "run"
+    """The first column's heading (what each row is)."""
 
     def html(self) -> str:
-        header = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", *self.columns])
+        header = "".join(f"<th>{html.escape(c)}</th>" for c in [self.first, *self.columns])
         body = "".join(
             f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells)
             for name, cells in self.rows
@@ -201,7 +207,7 @@ class ResultsTable:
         return f"<table><tr>{header}</tr>{body}</table>"
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(["run", *self.columns]) + " |"]
+        lines = ["| " + " | ".join([self.first, *self.columns]) + " |"]
         lines.append("|" + "---|" * (len(self.columns) + 1))
         lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in self.rows]
         return "\n".join(lines) + "\n"
@@ -209,7 +215,7 @@ class ResultsTable:
     def latex(self) -> str:
         """A ``booktabs`` tabular (``\\usepackage{booktabs}``), special characters escaped."""
         spec = "l" + "r" * len(self.columns)
-        head = " & ".join(latex_escape(c) for c in ["run", *self.columns])
+        head = " & ".join(latex_escape(c) for c in [self.first, *self.columns])
         rows = [" & ".join(latex_escape(c) for c in [n, *cells]) + r" \\" for n, cells in self.rows]
         lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", head + r" \\", r"\midrule"]
         return "\n".join([*lines, *rows, r"\bottomrule", r"\end{tabular}"]) + "\n"
@@ -417,9 +423,101 @@ def _add_pictures(runs: list[Run], images: Path, sections, embed_subset: int, de
     return notes
 
 
+def run_header(run: Run) -> list[tuple[str, str]]:
+    """What the run was, as (label, text) pairs: preset and its card's title, the options given
+    after it, the command, hardware, precision, wall time, speed, data wait and versions (from
+    ``run.json`` and ``metrics.csv``; runs made before ``run.json`` show what the metrics have)."""
+    info = read_run_info(run.path)
+    rows: list[tuple[str, str]] = []
+    if info.get("preset"):
+        rows.append(("preset", f"{info['preset']}: {preset_title(info['preset'])}"))
+    if info.get("options"):
+        rows.append(("options after the preset", shlex.join(info["options"])))
+    if info.get("command"):
+        rows.append(("command", info["command"]))
+    if info.get("device"):
+        processes = info.get("processes", 1)
+        plural = "es" if processes != 1 else ""
+        rows.append(("hardware", f"{info['device']} x {processes} process{plural}"))
+    if info.get("precision"):
+        rows.append(("precision", info["precision"]))
+    if info.get("wall_seconds"):
+        epochs = f", epochs {info.get('epochs', run.epochs)}, steps {info.get('steps', '?')}"
+        rows.append(("wall time", format_duration(info["wall_seconds"]) + epochs))
+    speed = run.series.get("train/images_per_sec")
+    if speed:
+        rows.append(("images/s (last epoch)", f"{speed[-1][1]:,.1f}"))
+    wait = run.series.get("train/data_wait")
+    if wait:
+        rows.append(("data wait (last epoch)", f"{wait[-1][1]:.0%} of step time"))
+    if info.get("versions"):
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())))
+    if info.get("resumed"):
+        rows.append(("resumed", f"{len(info['resumed'])} time(s)"))
+    return rows
+
+
+def preset_title(name: str) -> str:
+    from contrastlab.presets import load_card
+
+    try:
+        return load_card(name).title
+    except (FileNotFoundError, ValueError):
+        return "(no recipe card)"
+
+
+def differing_settings(runs: list[Run]) -> ResultsTable | None:
+    """The resolved settings (``config.yaml``, dotted keys) whose values differ between the
+    runs, one row per setting and a column per run; ``None`` for one run or when they
+    agree."""
+    configs = [flatten(_read_config(run.path)) for run in runs]
+    keys = sorted({k for c in configs for k in c} - {"trainer.default_root_dir"})
+    differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+    if len(runs) < 2 or not differing:
+        return None
+    rows = [(key, [_cell(c.get(key)) for c in configs]) for key in differing]
+    return ResultsTable([run.name for run in runs], rows, first="setting")
+
+
+def _read_config(run_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"model": {"init_args": {"lr": 0.1}}}`` -> ``{"model.init_args.lr": 0.1}``."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def _cell(value: object) -> str:
+    return html.escape("" if value is None else json.dumps(value, default=str).strip('"'))
+
+
+def _header_html(run: Run) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>"
+        for label, text in run_header(run)
+    )
+    return f"<h2>{html.escape(run.name)}</h2><table class='header'>{rows}</table>" if rows else ""
+
+
 def _write_html(path: Path, runs: list[Run], sections, notes: list[str]) -> Path:
     names = ", ".join(html.escape(r.name) for r in runs)
-    body = [f"<h1>contrastlab report: {names}</h1>", final_table(runs).html()]
+    body = [f"<h1>contrastlab report: {names}</h1>"]
+    body += [_header_html(run) for run in runs]
+    differing = differing_settings(runs)
+    if differing is not None:
+        body.append(f"<h2>Settings that differ between the runs</h2>{differing.html()}")
+    body += ["<h2>Results</h2>", final_table(runs).html()]
     body += [
         f"<h2>{html.escape(t)}</h2><img src='{src}' alt='{html.escape(t)}'>" for t, src in sections
     ]
