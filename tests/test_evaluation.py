@@ -23,6 +23,7 @@ from contrastlab.app.report import (
     hardness_title,
     knn_sizes_title,
     loss_keys,
+    other_keys,
     pca_2d,
     read_run,
     run_header,
@@ -46,6 +47,7 @@ from contrastlab.methods import MoCoV2, SimCLR
 from contrastlab.models.exported import faster_rcnn_from_export, timm_resnet, torchvision_resnet
 from contrastlab.runs.records import read_rows
 from contrastlab.runs.run_info import preset_and_options
+from contrastlab.views.contrastive_crop import box_statistics
 
 TINY_RUN = [
     "--model.augment.size",
@@ -392,7 +394,8 @@ def test_finetune_cli_saves_result_and_label_indices(run_dir, capsys):
 def test_report_of_one_run(run_dir):
     html_path = write_report([run_dir])
     page = html_path.read_text()
-    for name in ("loss.png", "lr.png", "knn.png", "embedding.png", f"crops_{run_dir.name}.png"):
+    names = ("loss.png", "lr.png", "knn.png", "embedding.png", f"crops_{run_dir.name}.png")
+    for name in (*names, "ccrop_boxes.png", "rankme.png"):
         assert (run_dir / "report" / name).is_file(), name
         assert f"report/{name}" in page
     assert "final kNN top-1" in page
@@ -484,6 +487,30 @@ def test_report_figures_for_papers(tmp_path):
     # fonts embedded as TrueType (a CID-keyed TrueType font), not as Type 3 glyph procedures
     assert b"/CIDFontType2" in pdf and b"/Type3" not in pdf
     assert "| run | epochs |" in (tmp_path / "figs" / "results.md").read_text()
+
+
+def test_no_logged_curve_is_left_out_of_the_report(tmp_path):
+    rows = [{"epoch": 0, "step": 1, "train/loss_step": 2.0, "train/positive_logit": 0.4}]
+    rows += [{"epoch": 0, "step": 1, "hardness/pool/q90": 0.3, "knn/bank_images": 100}]
+    rows += [{"epoch": 1, "step": 3, "ccrop/box_area_mean": 0.6, "train/images_per_sec": 50}]
+    run = read_run(write_metrics(tmp_path / "run", rows))
+    shown = {"train/loss_step", *hardness_keys([run])}
+    assert other_keys([run], shown) == [
+        "hardness/pool/q90",
+        "train/images_per_sec",
+        "train/positive_logit",
+    ]
+    page = write_report([run.path], tmp_path / "out", pictures=False).read_text()
+    assert "report/other.png" in page and "report/ccrop_boxes.png" in page
+
+
+def test_box_statistics_by_hand():
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.25, 0.25, 0.75, 0.75], [0.0, 0.5, 0.5, 1.0]])
+    stats = box_statistics(boxes)  # areas 1, 0.25, 0.25
+    assert stats["ccrop/box_area_mean"] == pytest.approx(0.5)
+    assert stats["ccrop/whole_image_share"] == pytest.approx(1 / 3)
+    assert stats["ccrop/box_area_q10"] == pytest.approx(0.25)
+    assert stats["ccrop/box_area_q90"] == pytest.approx(0.25 + 0.8 * 0.75)  # linear quantile
 
 
 def test_the_embedding_legend_names_the_classes():

@@ -46,7 +46,7 @@ class Run:
         return self.path / "checkpoints" / "last.ckpt"
 
 
-EPOCH_KEYS = ("knn/", "rankme/")
+EPOCH_KEYS = ("knn/", "rankme/", "ccrop/")
 """Monitors plotted against epochs trained (their untrained point, epoch -1, at 0)."""
 
 
@@ -124,6 +124,24 @@ def hardness_title(runs: list[Run]) -> str:
     )
     kinds = "real and synthetic negatives" if synthetic else "the queue's negatives"
     return f"hardness of {kinds} (cosine similarity to the query)"
+
+
+CCROP_KEYS = [
+    "ccrop/box_area_mean",
+    "ccrop/box_area_q10",
+    "ccrop/box_area_q90",
+    "ccrop/whole_image_share",
+]
+SIZES = ("knn/bank_images", "knn/query_images", "knn/train_images", "rankme/images")
+"""Counts, not curves (the table and the kNN title show them)."""
+
+
+def other_keys(runs: list[Run], shown: set[str]) -> list[str]:
+    """Every logged per-step series not in ``shown`` or :data:`SIZES`, nor the other loss
+    series: so that no curve a run logged is missing from its report."""
+    losses = {"train/loss_step", "train/loss_epoch"}
+    logged = {k for r in runs for k in r.series if not k.startswith(EPOCH_KEYS)}
+    return sorted(logged - shown - set(SIZES) - losses)
 
 
 def hardness_keys(runs: list[Run]) -> list[str]:
@@ -366,13 +384,24 @@ def _write_report(run_dirs, out, embed_subset, device, names, pictures, figures)
     add("kNN accuracy", knn, "knn.png")
     rank = curve_figure(
         runs,
-        ["rankme/value"],
-        "RankMe of the backbone's features (effective rank)",
+        ["rankme/value", "rankme/feature_std"],
+        "RankMe of the backbone's features (effective rank) and their spread (std x sqrt(d))",
         "epochs trained (0: untrained)",
     )
     add("RankMe (label-free: comparable within one method and backbone)", rank, "rankme.png")
     hardness = curve_figure(runs, hardness_keys(runs), hardness_title(runs), "step")
     add("Hardness of negatives", hardness, "hardness.png")
+    boxes = curve_figure(
+        runs,
+        CCROP_KEYS,
+        "ContrastiveCrop's boxes after each localisation (area as a share of the image)",
+        "epochs trained",
+    )
+    add("ContrastiveCrop boxes", boxes, "ccrop_boxes.png")
+    shown = {*loss_keys(runs), "train/lr", "knn/top1", "rankme/value", "rankme/feature_std"}
+    shown |= set(hardness_keys(runs))
+    other = other_keys(runs, shown | set(CCROP_KEYS))
+    add("Every other logged curve", curve_figure(runs, other, "other curves", "step"), "other.png")
     for run in runs:
         _add_view_grids(run, images, sections)
     notes = []

@@ -21,7 +21,7 @@ from contrastlab.options import Note, OptionError, check_options
 from contrastlab.precision import autocast_for
 from contrastlab.schedules import schedule_factor
 from contrastlab.views.augment import Augment, ViewSampler, eval_view, whole_view
-from contrastlab.views.contrastive_crop import ContrastiveCrop, localize_boxes
+from contrastlab.views.contrastive_crop import ContrastiveCrop, box_statistics, localize_boxes
 
 
 def make_optimizer(
@@ -285,6 +285,12 @@ class ContrastiveMethod(pl.LightningModule):
             found_indices.append(indices.to(self.device))
         crop.update(gather_cat(torch.cat(found_indices)), gather_cat(torch.cat(found_boxes)))
         self.train(was_training)
+        trainer = self._trainer
+        if trainer is not None and trainer.global_rank == 0:
+            # plotted at the epochs trained so far, as the kNN monitor's figures are
+            stats = {**box_statistics(crop.boxes), "epoch": self.current_epoch - 1}
+            for logger in trainer.loggers:
+                logger.log_metrics(stats, step=max(0, trainer.global_step - 1))
 
     def configure_optimizers(self):
         groups = self.parameter_groups()

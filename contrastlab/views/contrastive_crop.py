@@ -136,6 +136,23 @@ def center_suppressed_boxes(
     return torch.cat([start, sizes], dim=1).to(torch.int64)
 
 
+def box_statistics(boxes: torch.Tensor) -> dict[str, float]:
+    """What a localisation found, for the logs: the boxes' ``(N, 4)`` fractional ``(top,
+    left, bottom, right)`` areas as a share of their image (mean, 10% and 90% quantiles) and
+    the share of images whose box is the whole image (nothing above the threshold, or heat
+    everywhere)."""
+    boxes = boxes.float()
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    whole = (boxes == torch.tensor(WHOLE_IMAGE, device=boxes.device)).all(dim=1)
+    low, high = torch.quantile(area, torch.tensor([0.1, 0.9], device=area.device)).tolist()
+    return {
+        "ccrop/box_area_mean": area.mean().item(),
+        "ccrop/box_area_q10": low,
+        "ccrop/box_area_q90": high,
+        "ccrop/whole_image_share": whole.float().mean().item(),
+    }
+
+
 def check_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     """Validate a fractional ``(top, left, bottom, right)`` box."""
     top, left, bottom, right = (float(v) for v in box)
