@@ -39,3 +39,23 @@ def test_the_grid_shows_the_samplers_views_and_leaves_its_state():
     expected = to_pixels(views[1][1], model.augment.mean, model.augment.std)
     enlarged = torch.nn.functional.interpolate(expected[None].float(), size=MIN_TILE)[0]
     assert torch.equal(second_view_of_image_1, enlarged.to(torch.uint8))
+
+
+def test_the_crops_picture_shows_a_photo_at_its_own_aspect():
+    """Photos squashed to squares for localisation are drawn back at their own aspect, and
+    their boxes with them."""
+    from contrastlab.app.figures import CropPicture, draw_crop_picture
+
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    box = torch.tensor([[0.0, 0.0, 0.5, 1.0]])  # the top half
+    crops = torch.tensor([[[0, 0, 16, 32]]])
+    picture = CropPicture(
+        images, torch.zeros(1, 32, 32), box, None, crops, torch.tensor([[60, 120]])
+    )
+    assert picture.display_scale(0) == (0.5, 1.0)  # landscape 1:2: half as tall, as wide
+    figure = draw_crop_picture(picture)
+    image_axis, heat_axis = figure.axes[0], figure.axes[1]
+    left, right, bottom, top = image_axis.images[0].get_extent()
+    assert (right - left, bottom - top) == (32, 16)
+    (patch,) = heat_axis.patches
+    assert (patch.get_width(), patch.get_height()) == (32, 8)  # the top half of 32 x 16

@@ -356,6 +356,8 @@ def write_crop_picture(
         alpha,
         seed,
     )
+    sizes = getattr(data.train_set, "sizes", None)  # photos at their own sizes
+    picture.shapes = sizes[indices] if sizes is not None else None
     title = f"{Path(checkpoint_path).name}, epoch {checkpoint.get('epoch', '?')}"
     return save_figure(draw_crop_picture(picture, title), out)
 

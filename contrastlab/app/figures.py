@@ -23,13 +23,26 @@ from contrastlab.views.crops import crop_and_resize
 class CropPicture:
     """Everything one figure shows, per image: ``images`` uint8 ``(N, 3, H, W)``, ``heat``
     ``(N, H, W)``, ``boxes`` fresh from the encoder and ``stored`` from the run's box store
-    (``(N, 4)`` fractions, or ``None``), and ``crops`` ``(N, n_crops, 4)`` pixel boxes."""
+    (``(N, 4)`` fractions, or ``None``), and ``crops`` ``(N, n_crops, 4)`` pixel boxes;
+    ``shapes`` ``(N, 2)``: each photo's own ``(height, width)`` when ``images`` squashed them
+    to a square (photo folders), so the picture shows each at its own aspect."""
 
     images: torch.Tensor
     heat: torch.Tensor
     boxes: torch.Tensor
     stored: torch.Tensor | None
     crops: torch.Tensor
+    shapes: torch.Tensor | None = None
+
+    def display_scale(self, i: int) -> tuple[float, float]:
+        """``(sy, sx)``: how image ``i``'s square pixels stretch back to its own aspect (the
+        longer side keeps its length)."""
+        if self.shapes is None:
+            return 1.0, 1.0
+        height, width = self.images.shape[-2:]
+        h, w = (float(v) for v in self.shapes[i])
+        longest = max(h, w)
+        return h / longest * max(height, width) / height, w / longest * max(height, width) / width
 
 
 @torch.no_grad()
@@ -83,13 +96,16 @@ def draw_crop_picture(picture: CropPicture, title: str = "") -> Figure:
     for i in range(n):
         image = picture.images[i].permute(1, 2, 0).numpy()
         row = axes[i]
-        row[0].imshow(image)
-        row[1].imshow(image)
-        row[1].imshow(picture.heat[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        row[1].add_patch(_box_patch(picture.boxes[i], height, width, "white", "-"))
+        sy, sx = picture.display_scale(i)
+        extent = (-0.5, width * sx - 0.5, height * sy - 0.5, -0.5)  # the photo's own aspect
+        for axis in row[:3]:
+            axis.imshow(image, extent=extent)
+        heat = picture.heat[i].numpy()
+        row[1].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent)
+        row[1].add_patch(_box_patch(picture.boxes[i], height * sy, width * sx, "white", "-"))
         if picture.stored is not None:
-            row[1].add_patch(_box_patch(picture.stored[i], height, width, "yellow", "--"))
-        row[2].imshow(image)
+            stored = _box_patch(picture.stored[i], height * sy, width * sx, "yellow", "--")
+            row[1].add_patch(stored)
         cut = crop_and_resize(
             picture.images[i : i + 1].float().expand(n_crops, -1, -1, -1) / 255,
             picture.crops[i],
@@ -98,7 +114,8 @@ def draw_crop_picture(picture: CropPicture, title: str = "") -> Figure:
         for j in range(n_crops):
             top, left, h, w = picture.crops[i, j].tolist()
             colour = colours[j % len(colours)]
-            row[2].add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, ec=colour, lw=1))
+            corner = (left * sx - 0.5, top * sy - 0.5)
+            row[2].add_patch(Rectangle(corner, w * sx, h * sy, fill=False, ec=colour, lw=1))
             row[3 + j].imshow(cut[j].permute(1, 2, 0).clamp(0, 1).numpy())
             for spine in row[3 + j].spines.values():
                 spine.set_edgecolor(colour)
@@ -110,7 +127,9 @@ def draw_crop_picture(picture: CropPicture, title: str = "") -> Figure:
     return figure
 
 
-def _box_patch(box: torch.Tensor, height: int, width: int, colour: str, style: str) -> Rectangle:
+def _box_patch(
+    box: torch.Tensor, height: float, width: float, colour: str, style: str
+) -> Rectangle:
     top, left, bottom, right = box.tolist()
     return Rectangle(
         (left * width - 0.5, top * height - 0.5),
