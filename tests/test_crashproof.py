@@ -472,7 +472,7 @@ def test_slurm_requeue_only_on_sigusr1_when_asked(monkeypatch, capsys, requeue, 
     from contrastlab.runs.checkpoints import RunCheckpoint
 
     class Stopped:
-        def __init__(self, args):
+        def __init__(self, args, given=None):
             stop = RunCheckpoint(requeue=requeue)._stopped(signal.Signals[signum], Trainer(), 3)
             raise stop
 

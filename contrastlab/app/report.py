@@ -531,6 +531,11 @@ def _cell(value: object) -> str:
     return html.escape("" if value is None else json.dumps(value, default=str).strip('"'))
 
 
+def wide(table: str) -> str:
+    """A table that scrolls on its own when wider than the page."""
+    return f"<div class='wide'>{table}</div>"
+
+
 def _header_html(run: Run) -> str:
     rows = "".join(
         f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>"
@@ -539,14 +544,30 @@ def _header_html(run: Run) -> str:
     return f"<h2>{html.escape(run.name)}</h2><table class='header'>{rows}</table>" if rows else ""
 
 
+PAGE_CHECK = """<pre id="page-check" hidden></pre><script>
+addEventListener("load", () => {
+  const images = [...document.images];
+  const broken = images.filter((i) => !(i.complete && i.naturalWidth > 0));
+  const root = document.documentElement;
+  document.getElementById("page-check").textContent = JSON.stringify({
+    images: images.length,
+    broken: broken.map((i) => i.getAttribute("src")),
+    overflow: root.scrollWidth > root.clientWidth,
+  });
+});
+</script>"""
+"""What a browser found once the page loaded (images that did not load, a page wider than the
+window), in a hidden element that a headless browser's DOM dump shows (the report's test)."""
+
+
 def _write_html(path: Path, runs: list[Run], sections, notes: list[str]) -> Path:
     names = ", ".join(html.escape(r.name) for r in runs)
     body = [f"<h1>contrastlab report: {names}</h1>"]
     body += [_header_html(run) for run in runs]
     differing = differing_settings(runs)
     if differing is not None:
-        body.append(f"<h2>Settings that differ between the runs</h2>{differing.html()}")
-    body += ["<h2>Results</h2>", final_table(runs).html()]
+        body.append(f"<h2>Settings that differ between the runs</h2>{wide(differing.html())}")
+    body += ["<h2>Results</h2>", wide(final_table(runs).html())]
     body += [
         f"<h2>{html.escape(t)}</h2><img src='{src}' alt='{html.escape(t)}'>" for t, src in sections
     ]
@@ -555,10 +576,13 @@ def _write_html(path: Path, runs: list[Run], sections, notes: list[str]) -> Path
             "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
         )
     style = (
-        "body{font-family:sans-serif;max-width:1400px;margin:2em auto}img{max-width:100%}"
+        "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%}.wide{overflow-x:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "table.header td{overflow-wrap:anywhere}"
     )
     head = f"<meta charset='utf-8'><title>contrastlab report</title><style>{style}</style>"
+    body.append(PAGE_CHECK)
     page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
