@@ -149,6 +149,11 @@ def brief_parser_message(message: str) -> str:
     'abc'``, without the subtypes it tried or its ``NestedArg`` dumps; any other error: its
     first line."""
     keys = re.findall(r'Parser key "([\w.]+)"', message)
+    refused = re.search(r"Option '([\w.]+)' is not accepted", message)
+    owner = re.search(r"class_path '([\w.]+)'", message)
+    if keys and refused:  # a real option of another class: say whose it is not
+        where = f" of {owner.group(1).rsplit('.', 1)[-1]}" if owner else ""
+        return f"{keys[0]}.{refused.group(1)} is not an option{where}"
     expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
     value = re.search(r"(?:Got value|Given value): (.+)", message)
     nested = re.search(r"val='(.*?)'\)", message)

@@ -38,6 +38,12 @@ def test_a_value_of_the_wrong_type_is_one_line(not_verbose):
     )
 
 
+def test_an_option_of_another_framework_names_the_framework(not_verbose):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", "cifar10/simclr", "--model.queue_size", "40"])
+    assert str(stop.value) == "contrastlab fit: model.queue_size is not an option of SimCLR"
+
+
 def test_verbose_keeps_the_parsers_whole_message(not_verbose):
     message = fit_error("--verbose", "--model.temperature", "abc")
     assert "Given value" in message and "Subtypes" in message

@@ -108,8 +108,9 @@ def test_export_loads_strictly_and_gives_the_same_features(tmp_path, cifar_stem,
     assert meta["arch"] == "resnet18" and meta["cifar_stem"] is cifar_stem
 
 
-@pytest.mark.parametrize("cifar_stem", [True, False])
-@pytest.mark.parametrize("target", ["torchvision", "timm", "safetensors"])
+@pytest.mark.parametrize(
+    ("target", "cifar_stem"), [("torchvision", True), ("timm", True), ("safetensors", False)]
+)
 def test_the_exports_own_load_lines_work_without_contrastlab(
     tmp_path, monkeypatch, cifar_stem, target
 ):
