@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from contrastlab.eval.linear import probe_augment, topk_accuracy
 from contrastlab.models.splitbn import SplitBatchNorm
@@ -162,7 +163,7 @@ def finetune(
     views = ViewSampler([probe_augment(model.augment)], seed=seed)
     generator = torch.Generator().manual_seed(seed)
     backbone.train()
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=f"fine-tuning ({labels_text})", unit="epoch", leave=False):
         order = labelled[torch.randperm(len(labelled), generator=generator)]
         for rows in order.split(batch_size):
             if len(rows) < 2:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from contrastlab.views.augment import Augment, ViewSampler
 
@@ -113,7 +114,8 @@ def train_linear(
     optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     schedule = step_schedule(optimizer, epochs)
     history = []
-    for epoch in range(epochs):
+    bar = tqdm(range(epochs), desc=f"linear probe ({mode}, lr {lr:g})", unit="epoch", leave=False)
+    for epoch in bar:
         for features, labels in batches_of_epoch(epoch):
             loss = F.cross_entropy(classifier(features), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -122,6 +124,7 @@ def train_linear(
         schedule.step()
         with torch.no_grad():
             history.append(topk_accuracy(classifier(eval_features), eval_labels))
+        bar.set_postfix(top1=f"{history[-1][0]:.2f}")
     best = max(range(epochs), key=lambda e: history[e][0])
     return ProbeResult(
         mode=mode,
