@@ -499,10 +499,12 @@ def differing_settings(runs: list[Run]) -> ResultsTable | None:
     """The resolved settings (``config.yaml``, dotted keys) whose values differ between the
     runs, one row per setting and a column per run; ``None`` for one run or when they
     agree."""
+    if len(runs) < 2:
+        return None
     configs = [flatten(_read_config(run.path)) for run in runs]
     keys = sorted({k for c in configs for k in c} - {"trainer.default_root_dir"})
     differing = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
-    if len(runs) < 2 or not differing:
+    if not differing:
         return None
     rows = [(key, [_cell(c.get(key)) for c in configs]) for key in differing]
     return ResultsTable([run.name for run in runs], rows, first="setting")

@@ -72,19 +72,14 @@ class KnnMonitor(pl.Callback):
 
     def measure_untrained(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.untrained = self.measure(trainer, pl_module)
-        data = trainer.datamodule
-        if (
-            self.untrained is None
-            and hasattr(data, "knn_dataloaders")
-            and trainer.limit_val_batches
-        ):
-            say(
-                trainer,
-                "contrastlab: no kNN monitor: it needs labelled training and evaluation splits "
-                "(for a folder: class sub-folders in train/ and val/); RankMe and the loss show "
-                "this run's learning",
-            )
         if self.untrained is None:
+            if hasattr(trainer.datamodule, "knn_dataloaders") and trainer.limit_val_batches:
+                say(
+                    trainer,
+                    "contrastlab: no kNN monitor: it needs labelled training and evaluation "
+                    "splits (for a folder: class sub-folders in train/ and val/); RankMe and the "
+                    "loss show this run's learning",
+                )
             return
         sizes = {f"knn/{name}_images": count for name, count in self.sizes.items()}
         for logger in trainer.loggers:

@@ -92,10 +92,11 @@ class ViewGrid(pl.Callback):
         self.images = images
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx != 0 or trainer.global_rank != 0 or self.images <= 0:
+            return  # every step passes here: leave at once
         crop = getattr(pl_module, "crop", None)
         localized = crop is not None and crop.localization_due(trainer.current_epoch)
-        due = trainer.global_step == 0 or (localized and batch_idx == 0)
-        if not due or trainer.global_rank != 0 or self.images <= 0:
+        if trainer.global_step != 0 and not localized:
             return
         picture = view_grid(pl_module, batch, self.images)
         step = trainer.global_step
