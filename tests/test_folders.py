@@ -323,7 +323,7 @@ def test_index_is_built_once_and_refreshed_when_the_folder_changes(tmp_path, mon
 
     monkeypatch.undo()
     checked = []
-    monkeypatch.setattr(index_module, "check_image", lambda p: checked.append(p) or (7, 9))
+    monkeypatch.setattr(index_module, "check_image", lambda p: checked.append(p) or ((7, 9), 1))
     save_photo(tmp_path / "class_1" / "new.jpg", photo_pixels(7, 9, seed=0))
     refreshed = folder_index(tmp_path)
     assert len(refreshed) == len(files) + 1 and "class_1/new.jpg" in refreshed.files

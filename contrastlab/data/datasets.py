@@ -102,7 +102,8 @@ class PhotoBatch:
     ``(h, w)``; ``boxes`` ``(V, B, 4)`` float ``(top, left, height, width)`` every view's crop
     in the decoded photo's pixels. With decoding on the device, ``encoded`` holds a photo's
     JPEG file (``None`` where a worker decoded it into ``pixels``): plain bytes, which stay on
-    the host, as torchvision's ``decode_jpeg`` wants them even when it decodes on a GPU.
+    the host, as torchvision's ``decode_jpeg`` wants them even when it decodes on a GPU;
+    ``orientations`` the EXIF orientation each of those is turned upright by there.
     """
 
     pixels: torch.Tensor
@@ -111,6 +112,7 @@ class PhotoBatch:
     labels: torch.Tensor
     boxes: torch.Tensor
     encoded: list[bytes | None] | None = None
+    orientations: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -158,14 +160,22 @@ class PhotoBatch:
             return []
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        from contrastlab.data.decode import upright
+
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in files]
         device = self.pixels.device
         photos = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        shapes = [s for s, b in zip(self.shapes, self.encoded, strict=True) if b is not None]
-        for photo, shape in zip(photos, shapes, strict=True):
-            if tuple(photo.shape[1:]) != shape:
-                raise RuntimeError(f"decode_jpeg made {tuple(photo.shape)}, expected {shape}")
-        return photos
+        rows = [row for row, b in enumerate(self.encoded or []) if b is not None]
+        turned = []
+        for photo, row in zip(photos, rows, strict=True):
+            orientation = self.orientations[row] if self.orientations is not None else 1
+            photo = upright(photo.permute(1, 2, 0), orientation).permute(2, 0, 1)
+            if tuple(photo.shape[1:]) != self.shapes[row]:
+                raise RuntimeError(
+                    f"decode_jpeg made {tuple(photo.shape)}, expected {self.shapes[row]}"
+                )
+            turned.append(photo)
+        return turned
 
 
 class FolderViews(Dataset):
@@ -174,7 +184,8 @@ class FolderViews(Dataset):
     its output size in pixels (:func:`contrastlab.data.decode.dct_denominator`), the boxes
     mapped into the decoded pixels. A batch of requests is decoded straight into one packed
     :class:`PhotoBatch`; nothing else touches the pixels here: cropping, resizing and every
-    augmentation happen on the device."""
+    augmentation happen on the device. ``sizes`` are upright (as the folder index keeps them)
+    and ``orientations`` each file's EXIF orientation (all 1, as stored, when not given)."""
 
     def __init__(
         self,
@@ -182,10 +193,14 @@ class FolderViews(Dataset):
         labels: list[int] | None,
         sizes: torch.Tensor,
         decode_on_device: bool = False,
+        orientations: list[int] | None = None,
     ) -> None:
         if sizes.shape != (len(files), 2):
             raise ValueError(f"need one (height, width) per file, got {tuple(sizes.shape)}")
+        if orientations is not None and len(orientations) != len(files):
+            raise ValueError(f"need one orientation per file, got {len(orientations)}")
         self.files, self.sizes = files, sizes.to(torch.int64)
+        self.orientations = orientations if orientations is not None else [1] * len(files)
         self.labels = labels if labels is not None else [-1] * len(files)
         self.decode_on_device = decode_on_device
 
@@ -201,9 +216,11 @@ class FolderViews(Dataset):
         plans = []
         for index, boxes, out_size in requests:
             size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
-            plan = plan_decode(self.files[index], size, float(boxes[:, 2:].min()), out_size)
+            orientation = self.orientations[index]
+            min_side = float(boxes[:, 2:].min())
+            plan = plan_decode(self.files[index], size, min_side, out_size, orientation)
             if self.decode_on_device and plan.turbo:  # decode_jpeg has no DCT scaling
-                plan = plan._replace(denominator=1, shape=size)
+                plan = plan._replace(denominator=1, shape=size, offset=(0.0, 0.0))
             plans.append(plan)
         on_device = [self.decode_on_device and plan.turbo for plan in plans]
         local = [(i, p) for (i, _, _), p, d in zip(requests, plans, on_device, strict=True)
@@ -214,23 +231,32 @@ class FolderViews(Dataset):
             count = plan.shape[0] * plan.shape[1] * 3
             size = (int(self.sizes[index, 0]), int(self.sizes[index, 1]))
             region = pixels[start : start + count].numpy()
-            decode_rgb(self.files[index], plan.denominator, plan.data, out=region, size=size)
+            orientation = self.orientations[index]
+            decode_rgb(self.files[index], plan.denominator, plan.data, region, size, orientation)
             start += count
-        # libjpeg's scaled blocks keep the pixel grid: x -> x / d exactly (a partial last block
-        # only adds a pixel at the far edge)
-        scales = torch.tensor([1 / p.denominator for p in plans], dtype=torch.float64)
-        boxes = torch.stack([b for _, b, _ in requests], dim=1).to(torch.float64)
         indices = [index for index, _, _ in requests]
         return PhotoBatch(
             pixels,
             [p.shape for p in plans],
             torch.tensor(indices),
             torch.tensor([self.labels[i] for i in indices]),
-            (boxes * scales.view(1, -1, 1)).to(torch.float32),
+            _decoded_boxes(torch.stack([b for _, b, _ in requests], dim=1), plans),
             [p.data if d else None for p, d in zip(plans, on_device, strict=True)]
             if self.decode_on_device
             else None,
+            [self.orientations[i] for i in indices] if self.decode_on_device else None,
         )
+
+
+def _decoded_boxes(boxes: torch.Tensor, plans: list) -> torch.Tensor:
+    """``(V, B, 4)`` boxes in the upright photos' pixels mapped into the decoded pixels.
+    libjpeg's scaled blocks keep the pixel grid, ``x -> x / d`` exactly, with a partial last
+    block at the stored far edge; a flipped axis starts with it (``DecodePlan.offset``)."""
+    scales = torch.tensor([1 / p.denominator for p in plans], dtype=torch.float64)
+    offsets = torch.tensor([p.offset for p in plans], dtype=torch.float64)  # (B, 2) rows, cols
+    boxes = boxes.to(torch.float64) * scales.view(1, -1, 1)
+    boxes[..., :2] += offsets.view(1, -1, 2)
+    return boxes.to(torch.float32)
 
 
 def pass_photos(batch: PhotoBatch) -> PhotoBatch:

@@ -6,7 +6,8 @@ would pay it again. :func:`folder_index` does it once, in parallel, decoding eac
 training starts instead of killing a run hours in, and writes the result next to the images
 (``.contrastlab/index.npz``; under ``$CONTRASTLAB_DATA/indexes`` when the folder is read-only;
 its own sub-folder, so writing it does not change the folder it describes).
-Later runs and the other processes load it in a fraction of a second.
+Later runs and the other processes load it in a fraction of a second. Sizes are upright (EXIF
+orientation applied) and each file's orientation is kept, so loading never parses EXIF again.
 
 The index is rebuilt when a folder in it changed (a file added, removed or renamed changes its
 folder's modification time); on a rebuild, files whose byte size and modification time are
@@ -22,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,22 @@ from contrastlab.data.errors import DatasetError
 from contrastlab.data.readers import IMAGE_SUFFIXES, class_folders
 
 INDEX_NAME = ".contrastlab/index.npz"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: upright sizes and EXIF orientations (older indexes rebuild once)
 PARALLEL_FROM = 256  # smaller folders are checked in this process (a pool costs ~1 s to start)
 
 
 @dataclass(frozen=True)
 class FolderIndex:
     """Files (relative to ``root``), labels (``None`` for a flat folder), class names, each
-    file's ``(height, width)``, and the files left out as undecodable with their reasons."""
+    file's upright ``(height, width)`` and EXIF orientation (1-8), and the files left out as
+    undecodable with their reasons."""
 
     root: Path
     files: list[str]
     labels: np.ndarray | None
     classes: list[str] | None
     sizes: np.ndarray
+    orientations: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -65,6 +68,7 @@ class _Entry:
     mtime: int
     size: tuple[int, int] | None = None
     error: str | None = None
+    orientation: int = 1
 
 
 def folder_index(
@@ -91,15 +95,16 @@ def _build(root: Path, saved: dict | None, workers: int | None, progress: bool) 
     for name, (label, stat) in listed.items():
         old = known.get(name)
         if old is not None and (old.bytes, old.mtime) == (stat.st_size, stat.st_mtime_ns):
-            entries[name] = _Entry(label, old.bytes, old.mtime, old.size, old.error)
+            entries[name] = replace(old, label=label)
         else:
             entries[name] = _Entry(label, stat.st_size, stat.st_mtime_ns)
             to_check.append(name)
-    for name, (size, error) in zip(
+    for name, (checked, error) in zip(
         to_check, _check_all(root, to_check, workers, progress), strict=True
     ):
         entry = entries[name]
-        entries[name] = _Entry(entry.label, entry.bytes, entry.mtime, size, error)
+        size, orientation = checked or (None, 1)
+        entries[name] = _Entry(entry.label, entry.bytes, entry.mtime, size, error, orientation)
     content = _content(entries, classes, folders)
     _save(root, content)
     return _decoded(content)
@@ -138,7 +143,7 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _check_one(path: str) -> tuple[tuple[int, int] | None, str | None]:
+def _check_one(path: str) -> tuple[tuple[tuple[int, int], int] | None, str | None]:
     try:
         return check_image(Path(path)), None
     except DatasetError as error:
@@ -188,7 +193,8 @@ def _finish(root: Path, saved: dict, skip_bad: bool) -> FolderIndex:
     names = [n for n, g in zip(files, good, strict=True) if g] if good is not None else files
     classes = saved["classes"]
     labels = keep(saved["labels"]) if classes is not None else None
-    return FolderIndex(root, names, labels, classes, keep(saved["sizes"]), list(errors.items()))
+    sizes, orientations = keep(saved["sizes"]), keep(saved["orientations"])
+    return FolderIndex(root, names, labels, classes, sizes, orientations, list(errors.items()))
 
 
 # --------------------------------------------------------------------------- the file
@@ -222,6 +228,7 @@ def _content(entries: dict[str, _Entry], classes: list[str] | None, folders: lis
         "bytes": np.array([e.bytes for e in entries.values()], dtype=np.int64),
         "mtimes": np.array([e.mtime for e in entries.values()], dtype=np.int64),
         "sizes": np.array([e.size or (0, 0) for e in entries.values()], dtype=np.int64),
+        "orientations": np.array([e.orientation for e in entries.values()], dtype=np.int8),
         "bad_files": _text([n for n, _ in errors]),
         "bad_reasons": _text([r.replace("\n", " ") for _, r in errors]),
         "folders": _text([f for f, _ in folders]),
@@ -280,13 +287,15 @@ def _entries_of(saved: dict) -> dict[str, _Entry]:
             int(mtime),
             None if name in errors else (int(hw[0]), int(hw[1])),
             errors.get(name),
+            int(orientation),
         )
-        for name, label, size_bytes, mtime, hw in zip(
+        for name, label, size_bytes, mtime, hw, orientation in zip(
             saved["files"],
             saved["labels"],
             saved["bytes"],
             saved["mtimes"],
             saved["sizes"],
+            saved["orientations"],
             strict=True,
         )
     }

@@ -350,7 +350,10 @@ class ContrastDataModule(pl.LightningDataModule):
         label_list = None if labels is None else labels.tolist()
         if views:
             sizes = torch.from_numpy(index.sizes)
-            return FolderViews(index.paths(), label_list, sizes, self.decode_on_device)
+            orientations = index.orientations.tolist()
+            return FolderViews(
+                index.paths(), label_list, sizes, self.decode_on_device, orientations
+            )
         return LazyImageFolder(index.paths(), label_list, self._square_size())
 
     def _square_size(self) -> int:
