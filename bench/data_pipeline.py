@@ -21,6 +21,11 @@ median of the per-round ratios, each ratio taken between runs a second apart.
 - with ``--device cuda``: also ``decode_on_device`` (the workers read the files, nvJPEG decodes
   each batch of 32 on the GPU and lays it out there), timed end to end in this one process;
   compare it with the contrastlab column times the cores that would feed the GPU.
+
+``--crops`` times the other half instead, the device's: two 224-px views cut out of a packed
+batch of 32 and resized, by torchvision's ``roi_align`` (``antialias=False``: a box average of
+bilinear samples) and by the anti-aliased resize that matches torchvision's ``resize(...,
+antialias=True)`` (the default), on ``--device`` (the CPU's threads when not given).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,7 +46,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from contrastlab.data.datasets import FolderViews
 from contrastlab.data.decode import image_size
 from contrastlab.data.readers import decode_image
-from contrastlab.views.crops import random_resized_boxes
+from contrastlab.views.crops import crop_and_resize, random_resized_boxes
 
 VIEW, BATCH = 224, 32
 
@@ -89,6 +95,42 @@ def squared(files: list[Path]) -> None:
         decode_image(path, 256)
 
 
+def crops(images: torch.Tensor, boxes: torch.Tensor, antialias: bool) -> None:
+    for view in boxes:
+        crop_and_resize(images, view, VIEW, antialias=antialias)
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+
+
+def crop_table(args: argparse.Namespace, generator: torch.Generator) -> None:
+    """Images/s of cutting two views out of one decoded batch, each filter in turn."""
+    device = torch.device(args.device or "cpu")
+    print("| photos | roi_align crops/s | anti-aliased crops/s | anti-aliased / roi_align |"
+          "\n|---|---|---|---|")  # fmt: skip
+    for folder in sorted(p for p in args.photos.iterdir() if p.is_dir()):
+        files = sorted(folder.glob("*.jpg"))[:BATCH]
+        dataset = FolderViews(files, None, torch.tensor([image_size(p) for p in files]))
+        sizes = dataset.sizes
+        boxes = torch.stack(
+            [random_resized_boxes(len(files), sizes, (0.2, 1.0), (3 / 4, 4 / 3), generator)] * 2
+        )
+        batch = dataset.__getitems__([(i, boxes[:, i], VIEW) for i in range(len(files))])
+        images = batch.padded().to(device).float().div_(255)
+        mapped = batch.boxes.to(device)
+        variants = {"fast": False, "exact": True}
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, antialias in variants.items():
+                run = partial(crops, images, mapped, antialias)
+                rates[name].append(rate(run, len(files), args.seconds))
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        print(
+            f"| {folder.name} ({len(files)}, decoded up to {images.shape[-2]}x"
+            f"{images.shape[-1]}) | {median['fast']:.0f} | {median['exact']:.0f} "
+            f"| {ratio(rates['exact'], rates['fast']):.2f}x |"
+        )
+
+
 def rate(run: Callable[[], None], count: int, min_seconds: float) -> float:
     start, done = time.perf_counter(), 0
     while True:
@@ -105,7 +147,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=1.0, help="per variant per round")
     parser.add_argument("--device", default=None, help="e.g. cuda: also time nvJPEG decoding")
+    parser.add_argument("--crops", action="store_true", help="time the device's crop filters")
     args = parser.parse_args()
+    if args.crops:
+        return crop_table(args, torch.Generator().manual_seed(0))
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     extra = " decode on device (nvJPEG) |" if args.device else ""

@@ -29,12 +29,50 @@ def test_crop_of_a_ramp_lands_where_geometry_says():
     torch.testing.assert_close(out[0, 0, 3], expected, atol=1e-4, rtol=0)
 
 
-def test_downscaled_crop_is_antialiased_average():
-    # alternating 0/1 columns: a plain bilinear 4x downscale would alias to all 0 or all 1;
-    # averaging the samples of each output pixel gives the true mean 0.5
-    image = (torch.arange(16) % 2).float().expand(1, 3, 16, 16)
-    out = crop_and_resize(image, torch.tensor([[0, 0, 16, 16]]), 4)
-    torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-5, rtol=0)
+def test_crops_equal_torchvisions_antialiased_crop_then_resize():
+    """Integer boxes, some upscaled, some downscaled 1.3x to 9x, one crossing the image's edge
+    pixels: each crop equals torchvision's ``resize(crop(image, box), antialias=True)``."""
+    image = torch.rand(1, 3, 90, 120, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor(
+        [[0, 0, 90, 120], [10, 7, 20, 26], [31, 40, 59, 80], [5, 50, 9, 11], [0, 1, 88, 119]]
+    )
+    size = 13
+    out = crop_and_resize(image.expand(len(boxes), -1, -1, -1), boxes, size)
+    for k, (top, left, h, w) in enumerate(boxes.tolist()):
+        expected = TF.resize(TF.crop(image, top, left, h, w), [size, size], antialias=True)
+        torch.testing.assert_close(out[k : k + 1], expected, atol=2e-5, rtol=0)
+
+
+def test_a_downscaled_ramp_reads_the_box_centres_at_fractional_boxes():
+    """A symmetric filter keeps a linear image linear: away from the box's edges, output ``i`` of
+    a fractional box holds ``start + (i + 0.5) * length / size - 0.5``, up to the triangle's
+    sampling on the pixel grid (a hundredth of a pixel here; a box misplaced by a quarter of a
+    pixel or scaled by a pixel fails)."""
+    width = 200
+    ramp = torch.arange(width, dtype=torch.float64).expand(1, 1, 8, width).clone()
+    start, length, size = 23.25, 131.5, 17  # 7.7x down
+    out = crop_and_resize(ramp, torch.tensor([[0.0, start, 8.0, length]]), size)
+    expected = start + (torch.arange(size, dtype=torch.float64) + 0.5) * length / size - 0.5
+    torch.testing.assert_close(out[0, 0, 3, 1:-1], expected[1:-1], atol=0.02, rtol=0)
+
+
+def sinusoid_residual(crop) -> float:
+    """A 500-px sinusoid at 0.35 cycles/px, above the Nyquist rate of a 224-px output: an
+    ideal resize leaves its mean, so the output's spread is the aliasing let through."""
+    x = torch.arange(500, dtype=torch.float32)
+    image = (0.5 + 0.5 * torch.sin(2 * math.pi * 0.35 * x)).expand(1, 1, 500, 500).clone()
+    return float(crop(image).std())
+
+
+def test_downscaled_crops_alias_no_more_than_torchvision():
+    """roi_align's average of ``ceil(box / size)`` samples lets 2.5x torchvision's aliasing
+    through; the anti-aliased crop matches torchvision's."""
+    box = torch.tensor([[0, 0, 500, 500]])
+    ours = sinusoid_residual(lambda image: crop_and_resize(image, box, 224))
+    fast = sinusoid_residual(lambda image: crop_and_resize(image, box, 224, antialias=False))
+    reference = sinusoid_residual(lambda image: TF.resize(image, [224, 224], antialias=True))
+    assert abs(ours - reference) < 1e-4 * reference + 1e-6, (ours, reference)
+    assert fast > 2 * reference, (fast, reference)
 
 
 def torchvision_boxes(n: int, size: tuple[int, int]) -> torch.Tensor:

@@ -46,6 +46,7 @@ class Augment:
     flip_prob: float = 0.5
     mean: tuple[float, float, float] = CIFAR10_MEAN
     std: tuple[float, float, float] = CIFAR10_STD
+    antialias: bool = True  # crops resized as torchvision's antialias=True; False: roi_align
 
     def __post_init__(self) -> None:
         for name in ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "flip_prob"):
@@ -126,7 +127,7 @@ def apply_view(
     """uint8 ``(B, 3, H, W)`` -> normalised float view ``(B, 3, size, size)``."""
     device = images.device
     p = {k: v.to(device, non_blocking=True) for k, v in p.items()}
-    x = crop_and_resize(images.float().div_(255), boxes, aug.size)
+    x = crop_and_resize(images.float().div_(255), boxes, aug.size, aug.antialias)
     if aug.jitter_prob > 0:
         x = color_jitter(x, p)
     if aug.grayscale_prob > 0:
