@@ -45,6 +45,47 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     back to each process's own rows (SimCLR's global negatives)."""
     if world()[1] == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    return _AllGather.apply(tensor.contiguous())
 
-    return torch.cat(all_gather(tensor.contiguous()))
+
+class _AllGather(torch.autograd.Function):
+    """Every process's equal-sized rows, concatenated in rank order; the gradient of a
+    process's rows is the sum over processes of the gradients their copies received."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        rank, size = world()
+        ctx.rank, ctx.rows = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(size)]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """``sum_p x_p`` on every process; the gradient of ``x_q`` is ``sum_p`` of the gradients
+    every process's output received (the sum feeds every process's loss)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
+def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over processes, differentiable (GlobalBatchNorm's statistics)."""
+    if world()[1] == 1:
+        return tensor
+    return _AllReduceSum.apply(tensor.contiguous())

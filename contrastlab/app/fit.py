@@ -231,6 +231,19 @@ class RunRecord(pl.Callback):
             trainer.loggers = run_loggers(self.run_dir, self.resume_step)
 
 
+def check_sync_batchnorm(trainer: dict, model: ContrastiveMethod) -> None:
+    """``trainer.sync_batchnorm`` turns every BatchNorm into torch's SyncBatchNorm (GPUs only),
+    MoCo's SplitBatchNorm and per-process key statistics included, which shuffle-BN needs.
+    The other frameworks have it already (``model.global_bn``, on any backend); on GPUs torch's
+    layer may replace it, the same statistics."""
+    if trainer.get("sync_batchnorm") and "shuffle_bn" in model.hparams:
+        raise OptionError(
+            "trainer.sync_batchnorm: MoCo keeps BatchNorm per process (shuffle-BN) and "
+            "SplitBatchNorm on one device, so that statistics cannot leak which key is the "
+            "query's positive; synchronising them would undo that. Leave it false"
+        )
+
+
 class ContrastCLI(LightningCLI):
     """LightningCLI with contrastlab's defaults: any :class:`ContrastiveMethod` as the model,
     TensorBoard + CSV records and ``checkpoints/last.ckpt`` in ``trainer.default_root_dir``
@@ -335,6 +348,7 @@ class ContrastCLI(LightningCLI):
         """Before anything is written: options that depend on each other, what to resume,
         stale temporaries, and room for checkpoints."""
         run_dir = Path(self.trainer.default_root_dir)
+        check_sync_batchnorm(self.config[self.subcommand]["trainer"], self.model)
         check_divides(
             "model.bn_splits",
             self.model.hparams.bn_splits,

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from contrastlab.data.datasets import PhotoBatch
 from contrastlab.distributed import gather_cat, world
 from contrastlab.models.backbones import build_backbone
+from contrastlab.models.globalbn import globalise_batchnorm
 from contrastlab.options import Note, OptionError, check_options
 from contrastlab.precision import autocast_for
 from contrastlab.schedules import schedule_factor
@@ -63,6 +64,17 @@ def check_second_view(augment: Augment, second_view: Augment | None) -> None:
             )
 
 
+def check_batchnorm(bn_splits: int, global_bn: bool, processes: int) -> None:
+    """Under several processes, global statistics and per-group statistics contradict each
+    other (in one process ``global_bn`` changes nothing and ``bn_splits`` simulates GPUs)."""
+    if global_bn and bn_splits > 1 and processes > 1:
+        raise OptionError(
+            f"model.global_bn = true normalises over the global batch of {processes} "
+            f"processes, model.bn_splits = {bn_splits} over groups of each one's: set "
+            "model.global_bn false to keep per-group BatchNorm, or model.bn_splits 1"
+        )
+
+
 def check_compile_backend(backend: str) -> None:
     """``model.compile_backend`` must be one of torch.compile's backends."""
     known = torch.compiler.list_backends(exclude_tags=())
@@ -85,6 +97,11 @@ class ContrastiveMethod(pl.LightningModule):
             a contrastlab checkpoint; nothing is ever downloaded).
         cifar_stem: 3x3 stride-1 stem without max-pool (32-96 px images); torchvision ResNets.
         bn_splits: SplitBatchNorm groups per process (8 simulates MoCo's 8 GPUs on one device).
+        global_bn: under several processes, BatchNorm statistics over the global batch
+            (:class:`~contrastlab.models.globalbn.GlobalBatchNorm`, on any backend): SimCLR,
+            BYOL and SimSiam as their references train; ``False``: each process normalises
+            over its own images. In one process it changes nothing; under several it
+            excludes ``bn_splits > 1``. MoCo refuses it (shuffle-BN).
         augment: the view recipe (both views, unless ``second_view`` is set).
         second_view: the second view's recipe when the two differ (BYOL's asymmetric views:
             the second solarised with p 0.2); ``None``: both views use ``augment``. Its size,
@@ -121,6 +138,7 @@ class ContrastiveMethod(pl.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
         backbone_weights: str | None = None,
         bn_splits: int = 8,
+        global_bn: bool = False,
         augment: Augment = Augment(),
         second_view: Augment | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
@@ -205,8 +223,11 @@ class ContrastiveMethod(pl.LightningModule):
     # ------------------------------------------------------------------ setup and training
 
     def setup(self, stage: str) -> None:
-        rank, _ = world()
+        rank, size = world()
         self.views.reseed(self.hparams.seed * 1_000_003 + rank)
+        if self.hparams.get("global_bn") and size > 1:
+            check_batchnorm(self.hparams.bn_splits, True, size)
+            globalise_batchnorm(self)  # before compiling, before the optimiser sees the model
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
         if stage == "fit" and self.hparams.get("compile"):
@@ -241,7 +262,8 @@ class ContrastiveMethod(pl.LightningModule):
         views = [self._layout(v) for v in self.views(images, indices, boxes)]
         self.momentum_update()
         loss = self.contrastive_loss(views, indices, labels)
-        self.log("train/loss_step", loss, prog_bar=True, on_step=True)
+        # the mean over processes: the global batch's loss (each process's is a mean of its own)
+        self.log("train/loss_step", loss, prog_bar=True, on_step=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
 

@@ -39,6 +39,8 @@ class BYOL(ContrastiveMethod):
         momentum_schedule: raise ``m`` to 1 along a cosine over training (BYOL's ImageNet
             schedule); constant ``m`` when false (the CIFAR recipe).
         bn_splits, lr, weight_decay: the CIFAR recipe's defaults (batch 512, lr 0.5, wd 1e-4).
+        global_bn: BatchNorm over the global batch under several processes (its reference's
+            SyncBatchNorm).
         **kwargs: see :class:`~contrastlab.methods.base.ContrastiveMethod`.
     """
 
@@ -51,11 +53,14 @@ class BYOL(ContrastiveMethod):
         momentum_schedule: bool = False,
         loss_scale: float = 1.0,
         bn_splits: int = 1,
+        global_bn: bool = True,
         lr: float = 0.5,
         weight_decay: float = 1e-4,
         **kwargs,
     ) -> None:
-        super().__init__(bn_splits=bn_splits, lr=lr, weight_decay=weight_decay, **kwargs)
+        super().__init__(
+            bn_splits=bn_splits, global_bn=global_bn, lr=lr, weight_decay=weight_decay, **kwargs
+        )
         self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim, batch_norm=True)
         self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim, batch_norm=True)
         self.target_backbone = frozen_copy(self.backbone)

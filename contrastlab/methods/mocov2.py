@@ -12,6 +12,7 @@ from contrastlab.negatives.diagnostics import hardness_statistics
 from contrastlab.negatives.losses import infonce_logits, infonce_loss
 from contrastlab.negatives.queue import KeyQueue
 from contrastlab.negatives.synthesis import SyntheticNegatives
+from contrastlab.options import OptionError
 
 
 class MoCoV2(ContrastiveMethod):
@@ -55,6 +56,13 @@ class MoCoV2(ContrastiveMethod):
         mask_same_image: bool = True,
         **kwargs,
     ) -> None:
+        if kwargs.get("global_bn"):
+            raise OptionError(
+                "model.global_bn: MoCo normalises each process's keys on their own, with "
+                "shuffle-BN (or SplitBatchNorm on one device), so that BatchNorm statistics "
+                "cannot leak which key is the query's positive; global statistics would undo "
+                "that. Leave it false"
+            )
         super().__init__(**kwargs)
         if isinstance(synthetic, dict):  # from a checkpoint's hyperparameters
             synthetic = SyntheticNegatives(**synthetic)

@@ -30,6 +30,8 @@ class SimCLR(ContrastiveMethod):
             (its own column and its positive excluded); their logits join the denominator.
         synthetic_warmup_epochs: epochs of plain SimCLR before synthetics start.
         bn_splits, lr, weight_decay: the CIFAR recipe's defaults (batch 512, lr 0.5, wd 1e-4).
+        global_bn: BatchNorm over the global batch under several processes (its reference's
+            SyncBatchNorm).
         **kwargs: see :class:`~contrastlab.methods.base.ContrastiveMethod`.
     """
 
@@ -43,11 +45,14 @@ class SimCLR(ContrastiveMethod):
         synthetic: SyntheticNegatives | None = None,
         synthetic_warmup_epochs: float = 10.0,
         bn_splits: int = 1,
+        global_bn: bool = True,
         lr: float = 0.5,
         weight_decay: float = 1e-4,
         **kwargs,
     ) -> None:
-        super().__init__(bn_splits=bn_splits, lr=lr, weight_decay=weight_decay, **kwargs)
+        super().__init__(
+            bn_splits=bn_splits, global_bn=global_bn, lr=lr, weight_decay=weight_decay, **kwargs
+        )
         if isinstance(synthetic, dict):  # from a checkpoint's hyperparameters
             synthetic = SyntheticNegatives(**synthetic)
         self.synthetic = synthetic

@@ -34,6 +34,8 @@ class SimSiam(ContrastiveMethod):
         pred_hidden: predictor bottleneck ``proj_dim -> pred_hidden -> proj_dim`` (128).
         fixed_predictor_lr: the predictor's learning rate stays ``lr`` (no cosine decay).
         bn_splits, lr, weight_decay: the CIFAR recipe's defaults (batch 512, lr 0.5, wd 1e-4).
+        global_bn: BatchNorm over the global batch under several processes (its reference's
+            SyncBatchNorm).
         **kwargs: see :class:`~contrastlab.methods.base.ContrastiveMethod`.
     """
 
@@ -46,11 +48,14 @@ class SimSiam(ContrastiveMethod):
         pred_hidden: int = 128,
         fixed_predictor_lr: bool = True,
         bn_splits: int = 1,
+        global_bn: bool = True,
         lr: float = 0.5,
         weight_decay: float = 1e-4,
         **kwargs,
     ) -> None:
-        super().__init__(bn_splits=bn_splits, lr=lr, weight_decay=weight_decay, **kwargs)
+        super().__init__(
+            bn_splits=bn_splits, global_bn=global_bn, lr=lr, weight_decay=weight_decay, **kwargs
+        )
         self.head = simsiam_projector(
             self.backbone.feature_dim, proj_hidden, proj_dim, proj_layers, proj_out_affine
         )

@@ -1,0 +1,157 @@
+"""GlobalBatchNorm against torch's BatchNorm over the whole batch: two gloo processes holding
+half a batch each give the outputs, gradients and running statistics of one BatchNorm."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from contrastlab.methods.base import check_batchnorm
+from contrastlab.models.globalbn import GlobalBatchNorm, globalise_batchnorm
+from contrastlab.models.splitbn import SplitBatchNorm
+from contrastlab.options import OptionError
+
+SHAPES = {"2d": (12, 5, 3, 4), "1d": (12, 5)}
+
+
+def inputs(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch with a large offset (a naive E[x^2] - E[x]^2 in low precision would show it)
+    and the upstream gradient of an arbitrary loss ``sum(y * r)``."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=g) * 3 + 5, torch.randn(shape, generator=g)
+
+
+def reference(shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """One process, plain BatchNorm (affine, momentum 0.1) over the whole batch."""
+    x, r = inputs(shape)
+    norm = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1])
+    norm.weight.data = torch.linspace(0.5, 1.5, shape[1])
+    norm.bias.data = torch.linspace(-1, 1, shape[1])
+    x.requires_grad_(True)
+    y = norm(x)
+    (y * r).sum().backward()
+    return {
+        "y": y.detach(),
+        "x_grad": x.grad,
+        "weight_grad": norm.weight.grad,
+        "bias_grad": norm.bias.grad,
+        "running_mean": norm.running_mean,
+        "running_var": norm.running_var,
+    }
+
+
+def _worker(rank: int, world: int, store: str, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        halves = {kind: _half(rank, world, shape) for kind, shape in SHAPES.items()}
+        # NumPy copies: a tensor's shared memory would vanish with this process
+        queue.put((rank, {k: {n: t.numpy() for n, t in h.items()} for k, h in halves.items()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def _half(rank: int, world: int, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    x, r = inputs(shape)
+    part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    plain = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1])
+    norm = globalise_batchnorm(nn.Sequential(plain))[0]
+    assert isinstance(norm, GlobalBatchNorm)
+    norm.weight.data = torch.linspace(0.5, 1.5, shape[1])
+    norm.bias.data = torch.linspace(-1, 1, shape[1])
+    mine = x[part].clone().requires_grad_(True)
+    y = norm(mine)
+    (y * r[part]).sum().backward()
+    return {
+        "y": y.detach(),
+        "x_grad": mine.grad,
+        "weight_grad": norm.weight.grad,
+        "bias_grad": norm.bias.grad,
+        "running_mean": norm.running_mean.clone(),
+        "running_var": norm.running_var.clone(),
+    }
+
+
+def run_two_processes(tmp_path) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """Both shapes' halves from one pair of spawned gloo processes."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    store = str(tmp_path / "store")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    processes = [context.Process(target=_worker, args=(rank, 2, store, queue)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=120) for _ in processes)
+    results = {
+        rank: {k: {n: torch.from_numpy(a) for n, a in h.items()} for k, h in halves.items()}
+        for rank, halves in results.items()
+    }
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return [results[0], results[1]]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_normalise_as_one_batchnorm_over_the_whole_batch(tmp_path):
+    """Images (2d) and head features (1d). Outputs and input gradients: each process's half of
+    one BatchNorm's; parameter gradients: their sum is one BatchNorm's (DDP then averages, as it
+    does for any loss that is a mean over processes); running statistics: equal on both, and to
+    the one's."""
+    both = run_two_processes(tmp_path)
+    for kind, shape in SHAPES.items():
+        check_halves([rank[kind] for rank in both], reference(shape))
+
+
+def check_halves(ranks: list[dict[str, torch.Tensor]], one: dict[str, torch.Tensor]) -> None:
+    for key in ("y", "x_grad"):
+        torch.testing.assert_close(torch.cat([r[key] for r in ranks]), one[key], msg=key)
+    for key in ("weight_grad", "bias_grad"):
+        torch.testing.assert_close(ranks[0][key] + ranks[1][key], one[key], msg=key)
+    for key in ("running_mean", "running_var"):
+        for rank in ranks:
+            torch.testing.assert_close(rank[key], one[key], msg=key)
+
+
+def test_one_process_is_plain_batchnorm_and_conversion_keeps_parameters():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), SplitBatchNorm(4, 2))
+    weight = model[1].weight
+    before = model[1].running_mean
+    globalise_batchnorm(model)
+    assert isinstance(model[1], GlobalBatchNorm) and type(model[2]) is SplitBatchNorm
+    assert model[1].weight is weight and model[1].running_mean is before
+    x = torch.randn(6, 3, 5, 5)
+    expected = nn.BatchNorm2d(4)
+    expected.load_state_dict(model[1].state_dict())
+    torch.testing.assert_close(model[1](model[0](x)), expected(model[0](x)))
+
+
+def test_global_statistics_and_split_groups_are_refused_together_under_processes():
+    check_batchnorm(1, True, 2)
+    check_batchnorm(8, False, 2)
+    check_batchnorm(8, True, 1)  # one process: SplitBatchNorm simulates GPUs, nothing global
+    with pytest.raises(OptionError, match="bn_splits"):
+        check_batchnorm(8, True, 2)
+
+
+def test_moco_refuses_global_statistics_and_trainer_sync_batchnorm():
+    """MoCo keeps per-process key statistics (shuffle-BN): global BatchNorm and Lightning's
+    sync_batchnorm, which would also replace SplitBatchNorm, are refused with the reason; the
+    other frameworks have global statistics by default and accept torch's layer on GPUs."""
+    from contrastlab.app.fit import check_sync_batchnorm
+    from contrastlab.methods import SimCLR
+    from contrastlab.methods.mocov2 import MoCoV2
+
+    with pytest.raises(OptionError, match="shuffle-BN"):
+        MoCoV2(backbone="resnet18", global_bn=True)
+    moco = MoCoV2(backbone="resnet18", queue_size=16)
+    with pytest.raises(OptionError, match="shuffle-BN"):
+        check_sync_batchnorm({"sync_batchnorm": True}, moco)
+    check_sync_batchnorm({"sync_batchnorm": False}, moco)
+    simclr = SimCLR(backbone="resnet18")
+    assert simclr.hparams.global_bn
+    check_sync_batchnorm({"sync_batchnorm": True}, simclr)
