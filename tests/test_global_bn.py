@@ -3,12 +3,9 @@ half a batch each give the outputs, gradients and running statistics of one Batc
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import in_two_processes
 from torch import nn
 
 from contrastlab.methods.base import check_batchnorm
@@ -45,14 +42,12 @@ def reference(shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
     }
 
 
-def _worker(rank: int, world: int, store: str, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        halves = {kind: _half(rank, world, shape) for kind, shape in SHAPES.items()}
-        # NumPy copies: a tensor's shared memory would vanish with this process
-        queue.put((rank, {k: {n: t.numpy() for n, t in h.items()} for k, h in halves.items()}))
-    finally:
-        dist.destroy_process_group()
+def _halves(rank: int, world: int) -> dict[str, torch.Tensor]:
+    return {
+        f"{kind}/{name}": value
+        for kind, shape in SHAPES.items()
+        for name, value in _half(rank, world, shape).items()
+    }
 
 
 def _half(rank: int, world: int, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -76,35 +71,16 @@ def _half(rank: int, world: int, shape: tuple[int, ...]) -> dict[str, torch.Tens
     }
 
 
-def run_two_processes(tmp_path) -> list[dict[str, dict[str, torch.Tensor]]]:
-    """Both shapes' halves from one pair of spawned gloo processes."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    store = str(tmp_path / "store")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    processes = [context.Process(target=_worker, args=(rank, 2, store, queue)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    results = dict(queue.get(timeout=120) for _ in processes)
-    results = {
-        rank: {k: {n: torch.from_numpy(a) for n, a in h.items()} for k, h in halves.items()}
-        for rank, halves in results.items()
-    }
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    return [results[0], results[1]]
-
-
 @pytest.mark.multiprocess
 def test_two_processes_normalise_as_one_batchnorm_over_the_whole_batch(tmp_path):
     """Images (2d) and head features (1d). Outputs and input gradients: each process's half of
     one BatchNorm's; parameter gradients: their sum is one BatchNorm's (DDP then averages, as it
     does for any loss that is a mean over processes); running statistics: equal on both, and to
     the one's."""
-    both = run_two_processes(tmp_path)
+    both = in_two_processes(tmp_path, _halves)
     for kind, shape in SHAPES.items():
-        check_halves([rank[kind] for rank in both], reference(shape))
+        halves = [{k.split("/")[1]: v for k, v in r.items() if k.startswith(kind)} for r in both]
+        check_halves(halves, reference(shape))
 
 
 def check_halves(ranks: list[dict[str, torch.Tensor]], one: dict[str, torch.Tensor]) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from contrastlab.distributed import gather_cat
-from contrastlab.eval.knn import knn_accuracy
+from contrastlab.distributed import gather_cat, world
+from contrastlab.eval.knn import sharded_knn_accuracy
 from contrastlab.eval.spectrum import normalized_std, rankme
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -59,10 +59,14 @@ class KnnMonitor(pl.Callback):
         self.bank_features: torch.Tensor | None = None
         self._outputs: tuple[Batches, Batches] = ([], [])
 
-    def take_bank_features(self) -> torch.Tensor | None:
-        """The bank features of the last kNN figure (every process's), once; then released."""
-        features, self.bank_features = self.bank_features, None
-        return features
+    def take_bank_features(self, limit: int | None = None) -> torch.Tensor | None:
+        """The bank features of the last kNN figure, once; then released. Each process holds
+        its shard: with ``limit``, the ``limit`` rows of :func:`sample_rows` over the whole
+        bank are gathered from the shards that hold them (no process gathers the bank)."""
+        shard, self.bank_features = self.bank_features, None
+        if shard is None:
+            return None
+        return gather_cat(shard) if limit is None else gather_sample(shard, limit)
 
     # ------------------------------------------------------------------ the untrained point
 
@@ -147,18 +151,22 @@ class KnnMonitor(pl.Callback):
     def top1(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, bank: Batches, queries: Batches
     ) -> float:
-        """The weighted kNN top-1 of this process's batches, gathered from every process;
-        records the bank, query and training-set sizes."""
-        bank_x, bank_y = (gather_cat(torch.cat(t)) for t in zip(*bank, strict=True))
-        query_x, query_y = (gather_cat(torch.cat(t)) for t in zip(*queries, strict=True))
+        """The weighted kNN top-1 of every process's batches, the bank staying sharded across
+        processes (:func:`~contrastlab.eval.knn.sharded_knn_accuracy`); records the bank, query
+        and training-set sizes."""
+        bank_x, bank_y = (torch.cat(t) for t in zip(*bank, strict=True))
+        query_x, query_y = (torch.cat(t) for t in zip(*queries, strict=True))
         if rankme_monitor(trainer) is not None:
-            self.bank_features = bank_x  # the RankMe monitor takes them next
-        self.sizes = {"bank": len(bank_y), "query": len(query_y)}
+            self.bank_features = bank_x  # this shard: the RankMe monitor samples it next
+        hp = pl_module.hparams
+        top1, bank_size, query_count = sharded_knn_accuracy(
+            query_x, query_y, bank_x, bank_y, k=hp.knn_k, temperature=hp.knn_t
+        )
+        self.sizes = {"bank": bank_size, "query": query_count}
         train_set = getattr(trainer.datamodule, "train_set", None)
         if train_set is not None:
             self.sizes["train"] = len(train_set)
-        hp = pl_module.hparams
-        return knn_accuracy(query_x, query_y, bank_x, bank_y, k=hp.knn_k, temperature=hp.knn_t)
+        return top1
 
     def protocol(self, pl_module: pl.LightningModule) -> str:
         """What the figure was computed with: ``k``, ``t``, the features, and the bank, query
@@ -225,10 +233,9 @@ class RankMeMonitor(pl.Callback):
 
     def figures(self, features: torch.Tensor) -> dict[str, float]:
         """``{"rankme/value", "rankme/feature_std", "rankme/images"}`` of ``(N, d)`` features;
-        at most ``images`` rows, a seeded choice that is the same at every measurement."""
+        at most ``images`` rows, :func:`sample_rows`: the same at every measurement."""
         if len(features) > self.images:
-            rows = torch.randperm(len(features), generator=torch.Generator().manual_seed(17))
-            features = features[rows[: self.images].to(features.device)]
+            features = features[sample_rows(len(features), self.images).to(features.device)]
         self.measured_images = len(features)
         spread = normalized_std(features) * math.sqrt(features.shape[1])
         return {
@@ -251,7 +258,7 @@ class RankMeMonitor(pl.Callback):
     def features(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """The kNN monitor's fresh bank features when they are the backbone's, else a pass."""
         monitor = knn_monitor(trainer)
-        bank = monitor.take_bank_features() if monitor is not None else None
+        bank = monitor.take_bank_features(self.images) if monitor is not None else None
         if bank is not None and pl_module.hparams.get("knn_features", "backbone") == "backbone":
             return bank
         return self.sample_pass(trainer, pl_module)
@@ -264,7 +271,7 @@ class RankMeMonitor(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != 0 or self.untrained is not None or not self._usable(trainer):
             if knn_monitor(trainer) is not None:
-                knn_monitor(trainer).take_bank_features()  # not needed: released
+                knn_monitor(trainer).bank_features = None  # not needed: released
             return
         self.untrained = self.figures(self.features(trainer, pl_module))
         for logger in trainer.loggers:
@@ -281,9 +288,9 @@ class RankMeMonitor(pl.Callback):
         if trainer.sanity_checking or monitor is None or monitor.bank_features is None:
             return
         if not self._usable(trainer) or pl_module.hparams.get("knn_features") == "head":
-            monitor.take_bank_features()
+            monitor.bank_features = None  # not needed: released
             return
-        self.record(trainer, pl_module, self.figures(monitor.take_bank_features()))
+        self.record(trainer, pl_module, self.figures(monitor.take_bank_features(self.images)))
         self.measured_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -323,6 +330,25 @@ class RankMeMonitor(pl.Callback):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self.untrained = (checkpoint.get("contrastlab") or {}).get("rankme_untrained")
+
+
+def sample_rows(total: int, count: int) -> torch.Tensor:
+    """RankMe's fixed sample: ``count`` of ``total`` row indices, a seeded permutation's first
+    (all rows, in order, when there are no more than ``count``)."""
+    if total <= count:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(17))[:count]
+
+
+def gather_sample(shard: torch.Tensor, count: int) -> torch.Tensor:
+    """The rows :func:`sample_rows` picks from the bank that every process's ``shard`` forms
+    in rank order, gathered: ``count`` rows (the same set as gathering the bank and picking)."""
+    sizes = gather_cat(torch.tensor([len(shard)], device=shard.device)).tolist()
+    rank, _ = world()
+    start = sum(sizes[:rank])
+    rows = sample_rows(sum(sizes), count)
+    mine = rows[(rows >= start) & (rows < start + len(shard))] - start
+    return gather_cat(shard[mine.to(shard.device)])
 
 
 def knn_monitor(trainer: pl.Trainer) -> KnnMonitor | None:
