@@ -32,3 +32,19 @@ def schedule_factor(
         raise ValueError(f"model.lr_interval = {interval!r}: expected step, epoch or epoch_end")
     total = steps_per_epoch * epochs
     return cosine_with_warmup(step, total, int(warmup_epochs * steps_per_epoch), floor)
+
+
+def batch_scaled_lr(lr: float, written_for: int | None, global_batch: int, rule: str) -> float:
+    """The learning rate for ``global_batch`` of a recipe whose ``lr`` was written for a global
+    batch of ``written_for``: ``lr * b / b0`` (``linear``, Goyal et al. 2017: SGD recipes),
+    ``lr * sqrt(b / b0)`` (``sqrt``, where a source says so, as SimCLR with LARS), or ``lr``
+    (``keep``, or no ``written_for``)."""
+    if written_for is None or rule == "keep" or global_batch == written_for:
+        return lr
+    if written_for < 1 or global_batch < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {written_for} and {global_batch}")
+    if rule == "linear":
+        return lr * global_batch / written_for
+    if rule == "sqrt":
+        return lr * math.sqrt(global_batch / written_for)
+    raise ValueError(f"lr_scaling must be linear, sqrt or keep, got {rule!r}")

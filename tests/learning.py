@@ -50,6 +50,8 @@ COMMON = [
     # ContrastiveCrop authors' cosine floor, per-epoch steps and normalisation
     "--model.lr_floor",
     "0",
+    "--model.lr_batch",  # the learning rates as measured, not scaled to the batch of 64
+    "null",
     "--model.lr_interval",
     "step",
     "--model.augment.std",

@@ -96,6 +96,42 @@ class RunAnnouncement(pl.Callback):
             return
         note(f"data: {data.description()}")
         note(f"run: {run_settings(trainer, pl_module, data)}")
+        for line in (lr_note(pl_module), shuffle_bn_note(trainer, pl_module)):
+            if line is not None:
+                note(line)
+
+
+def lr_note(model: ContrastiveMethod) -> str | None:
+    """What the batch did to the learning rate, when the run's global batch is not the one the
+    recipe's ``lr`` was written for (``None`` when it is, or the recipe names none)."""
+    hp, batch = model.hparams, model.global_batch()
+    written_for = hp.get("lr_batch")
+    if batch is None or written_for is None or batch == written_for:
+        return None
+    if hp.get("lr_scaling", "linear") == "keep":
+        linear = hp.lr * batch / written_for
+        return (
+            f"warning: model.lr {hp.lr:g} was written for a global batch of {written_for}; this "
+            f"run's is {batch} and keeps it (model.lr_scaling keep; the linear rule would give "
+            f"{linear:.4g})"
+        )
+    return (
+        f"lr {model.run_lr():.4g}: model.lr {hp.lr:g} was written for a global batch of "
+        f"{written_for}, this run's is {batch} ({hp.lr_scaling} scaling; --model.lr_scaling "
+        f"keep trains at {hp.lr:g})"
+    )
+
+
+def shuffle_bn_note(trainer: pl.Trainer, model: ContrastiveMethod) -> str | None:
+    """Shuffle-BN permutes keys across BatchNorm groups; with a single group it does nothing."""
+    hp = model.hparams
+    if not hp.get("shuffle_bn") or trainer.world_size * hp.get("bn_splits", 1) > 1:
+        return None
+    return (
+        "warning: shuffle-BN with one BatchNorm group (1 process, model.bn_splits 1) does "
+        "nothing, so the keys' batch statistics can leak the positive; set model.bn_splits to "
+        "the GPUs the recipe assumes (MoCo: 8)"
+    )
 
 
 def run_info(given: list[str], trainer_config: dict[str, Any]) -> RunInfo:
@@ -128,7 +164,7 @@ def run_settings(trainer: pl.Trainer, model: pl.LightningModule, data: ContrastD
     return (
         f"{method} on {hp.get('backbone')}{stem}, {epochs(trainer.max_epochs)}, batch "
         f"{data.batch_size * processes} ({processes} process{'es' if processes > 1 else ''} x "
-        f"{data.batch_size}) on {device}, lr {hp.get('lr')}, {trainer.precision}, run dir "
+        f"{data.batch_size}) on {device}, lr {model.run_lr():g}, {trainer.precision}, run dir "
         f"{trainer.default_root_dir}"
     )
 

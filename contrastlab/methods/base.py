@@ -20,7 +20,7 @@ from contrastlab.models.backbones import build_backbone
 from contrastlab.models.globalbn import globalise_batchnorm
 from contrastlab.options import Note, OptionError, check_options
 from contrastlab.precision import autocast_for
-from contrastlab.schedules import schedule_factor
+from contrastlab.schedules import batch_scaled_lr, schedule_factor
 from contrastlab.views.augment import Augment, ViewSampler, eval_view, whole_view
 from contrastlab.views.contrastive_crop import ContrastiveCrop, box_statistics, localize_boxes
 
@@ -110,6 +110,12 @@ class ContrastiveMethod(pl.LightningModule):
         optimizer: ``sgd`` (momentum ``sgd_momentum``) or ``adamw`` (betas 0.9, 0.999; the
             one that trains ViTs, with a warm-up).
         lr, weight_decay, sgd_momentum: ``lr`` is for the whole global batch.
+        lr_batch: the global batch ``lr`` was written for (every preset names it); when the
+            run's global batch (nodes x devices x ``data.batch_size``) differs, the optimiser
+            starts from ``lr`` scaled by ``lr_scaling`` and one line says so. ``None``: ``lr``
+            as given, whatever the batch.
+        lr_scaling: ``linear`` (SGD recipes), ``sqrt`` (where the source says so) or ``keep``
+            (train at ``lr`` anyway, with a warning).
         warmup_epochs: linear warm-up before the cosine decay.
         lr_floor: the cosine decays from ``lr`` to ``lr_floor * lr`` (0: to zero; the
             ContrastiveCrop recipes end at 0.1).
@@ -143,6 +149,8 @@ class ContrastiveMethod(pl.LightningModule):
         second_view: Augment | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.06,
+        lr_batch: int | None = None,
+        lr_scaling: Literal["linear", "sqrt", "keep"] = "linear",
         weight_decay: float = 5e-4,
         sgd_momentum: float = 0.9,
         warmup_epochs: float = 0.0,
@@ -169,6 +177,8 @@ class ContrastiveMethod(pl.LightningModule):
         self.save_hyperparameters(ignore=["crop"])
         check_options("model", {k: v for k, v in self.hparams.items() if not k.startswith("_")})
         check_compile_backend(compile_backend)
+        if lr_batch is not None and lr_batch < 1:
+            raise OptionError(f"model.lr_batch must be a global batch >= 1 or null, got {lr_batch}")
         # plain values: checkpoints load with weights_only
         self.hparams["augment"] = asdict(augment)
         self.hparams["second_view"] = asdict(second_view) if second_view is not None else None
@@ -320,7 +330,7 @@ class ContrastiveMethod(pl.LightningModule):
         optimizer = make_optimizer(
             self.hparams.get("optimizer", "sgd"),
             groups,
-            self.hparams.lr,
+            self.run_lr(),
             self.hparams.weight_decay,
             self.hparams.sgd_momentum,
         )
@@ -343,6 +353,23 @@ class ContrastiveMethod(pl.LightningModule):
             optimizer, [(lambda step: 1.0) if f else factor for f in fixed]
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def global_batch(self) -> int | None:
+        """Images per optimiser step over all processes (``None`` outside a fit)."""
+        data = getattr(self._trainer, "datamodule", None)
+        if data is None or not hasattr(data, "batch_size"):
+            return None
+        return int(data.batch_size) * self.trainer.world_size
+
+    def run_lr(self) -> float:
+        """The learning rate this run starts from: ``lr`` scaled from ``lr_batch`` to the run's
+        global batch by ``lr_scaling`` (:func:`~contrastlab.schedules.batch_scaled_lr`)."""
+        batch = self.global_batch()
+        if batch is None:
+            return self.hparams.lr
+        written_for = self.hparams.get("lr_batch")
+        rule = self.hparams.get("lr_scaling", "linear")
+        return batch_scaled_lr(self.hparams.lr, written_for, batch, rule)
 
     # ------------------------------------------------------------------ kNN monitor
 
