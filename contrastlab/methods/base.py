@@ -18,6 +18,7 @@ from contrastlab.data.datasets import PhotoBatch
 from contrastlab.distributed import gather_cat, world
 from contrastlab.models.backbones import build_backbone
 from contrastlab.models.globalbn import globalise_batchnorm
+from contrastlab.optim import LARS, lars_groups
 from contrastlab.options import Note, OptionError, check_options
 from contrastlab.precision import autocast_for
 from contrastlab.schedules import batch_scaled_lr, schedule_factor
@@ -28,12 +29,16 @@ from contrastlab.views.contrastive_crop import ContrastiveCrop, box_statistics, 
 def make_optimizer(
     kind: str, groups: list[dict], lr: float, weight_decay: float, sgd_momentum: float
 ) -> torch.optim.Optimizer:
-    """``sgd`` (with momentum) or ``adamw`` over ``groups``."""
+    """``sgd`` (with momentum), ``adamw``, or ``lars`` (:class:`~contrastlab.optim.LARS`:
+    SGD with momentum and trust ratio 0.001, biases and normalisation parameters neither
+    adapted nor decayed) over ``groups``."""
+    if kind == "lars":
+        return LARS(lars_groups(groups), lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
-    raise ValueError(f"model.optimizer = {kind!r}: expected 'sgd' or 'adamw'")
+    raise ValueError(f"model.optimizer = {kind!r}: expected 'sgd', 'lars' or 'adamw'")
 
 
 def full_precision(device: torch.device) -> AbstractContextManager:
@@ -107,8 +112,10 @@ class ContrastiveMethod(pl.LightningModule):
             the second solarised with p 0.2); ``None``: both views use ``augment``. Its size,
             crop scale and aspect range must be ``augment``'s (both views' boxes are drawn
             alike).
-        optimizer: ``sgd`` (momentum ``sgd_momentum``) or ``adamw`` (betas 0.9, 0.999; the
-            one that trains ViTs, with a warm-up).
+        optimizer: ``sgd`` (momentum ``sgd_momentum``), ``lars`` (the same momentum, trust
+            ratio 0.001, biases and BatchNorm neither adapted nor decayed: SimCLR's and BYOL's
+            large batches) or ``adamw`` (betas 0.9, 0.999; the one that trains ViTs, with a
+            warm-up).
         lr, weight_decay, sgd_momentum: ``lr`` is for the whole global batch.
         lr_batch: the global batch ``lr`` was written for (every preset names it); when the
             run's global batch (nodes x devices x ``data.batch_size``) differs, the optimiser
@@ -147,7 +154,7 @@ class ContrastiveMethod(pl.LightningModule):
         global_bn: bool = False,
         augment: Augment = Augment(),
         second_view: Augment | None = None,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
+        optimizer: Literal["sgd", "lars", "adamw"] = "sgd",
         lr: float = 0.06,
         lr_batch: int | None = None,
         lr_scaling: Literal["linear", "sqrt", "keep"] = "linear",
@@ -325,15 +332,14 @@ class ContrastiveMethod(pl.LightningModule):
                 logger.log_metrics(stats, step=max(0, trainer.global_step - 1))
 
     def configure_optimizers(self):
-        groups = self.parameter_groups()
-        fixed = [bool(g.pop("fixed_lr", False)) for g in groups]
         optimizer = make_optimizer(
             self.hparams.get("optimizer", "sgd"),
-            groups,
+            self.parameter_groups(),
             self.run_lr(),
             self.hparams.weight_decay,
             self.hparams.sgd_momentum,
         )
+        fixed = [bool(group.get("fixed_lr", False)) for group in optimizer.param_groups]
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, round(total / epochs))
