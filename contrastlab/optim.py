@@ -3,10 +3,12 @@
 You et al. (2017) scale each layer's step by a trust ratio ``eta * ||w|| / ||d||``, where
 ``d = g + wd * w`` is the gradient with its weight decay, so every layer moves by about the same
 fraction of its weights whatever the batch. The SimCLR (TensorFlow) and BYOL (optax) references
-both leave biases and BatchNorm parameters out of the adaptation and the weight decay, and both
-apply the learning rate before the momentum: ``v <- m v + lr * ratio * d; w <- w - v``.
-timm's ``Lars`` divides by ``||g|| + wd ||w||`` instead (NVIDIA's LARC), which is another
-optimiser; this one follows the references.
+both leave biases and BatchNorm parameters out of the adaptation and the weight decay. They
+differ in where the learning rate enters: SimCLR's ``LARSOptimizer`` (classic momentum) scales
+the step before the momentum, ``v <- m v + lr * ratio * d; w <- w - v``; BYOL's optax chain
+after it, ``v <- m v + ratio * d; w <- w - lr * v`` (the same while the lr is constant; not
+during warm-up and decay). timm's ``Lars`` divides by ``||g|| + wd ||w||`` instead (NVIDIA's
+LARC), another optimiser; this one follows the references.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ class LARS(torch.optim.Optimizer):
 
     For each parameter ``w`` with gradient ``g`` of a group with ``adapt=True``:
     ``d = g + weight_decay * w``, ``ratio = trust * ||w|| / ||d||`` (1 when either norm is 0),
-    ``v <- momentum * v + lr * ratio * d``, ``w <- w - v``. A group with ``adapt=False`` (biases
-    and BatchNorm: :func:`lars_groups`) takes ``d = g`` and ``ratio = 1``: plain SGD with
-    momentum, no weight decay.
+    then ``v <- momentum * v + lr * ratio * d``, ``w <- w - v`` (``lr_in_momentum``, SimCLR's)
+    or ``v <- momentum * v + ratio * d``, ``w <- w - lr * v`` (BYOL's). A group with
+    ``adapt=False`` (biases and BatchNorm: :func:`lars_groups`) takes ``d = g`` and
+    ``ratio = 1``: SGD with momentum, no weight decay.
     """
 
     def __init__(
@@ -33,6 +36,7 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust: float = TRUST_COEFFICIENT,
+        lr_in_momentum: bool = True,
     ) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0 or trust <= 0:
             raise ValueError(
@@ -45,6 +49,7 @@ class LARS(torch.optim.Optimizer):
             "weight_decay": weight_decay,
             "trust": trust,
             "adapt": True,
+            "lr_in_momentum": lr_in_momentum,
         }
         super().__init__(params, defaults)
 
@@ -76,8 +81,12 @@ class LARS(torch.optim.Optimizer):
         if "velocity" not in state:
             state["velocity"] = torch.zeros_like(weight)
         velocity = state["velocity"]
-        velocity.mul_(group["momentum"]).add_(step, alpha=scale)
-        weight.sub_(velocity)
+        if group["lr_in_momentum"]:
+            velocity.mul_(group["momentum"]).add_(step, alpha=scale)
+            weight.sub_(velocity)
+        else:
+            velocity.mul_(group["momentum"]).add_(step)
+            weight.sub_(velocity, alpha=scale)
 
 
 def lars_groups(groups: list[dict]) -> list[dict]:

@@ -96,3 +96,22 @@ def test_simclr_trains_with_lars_and_saves_its_state(tmp_path, tiny_cifar):
     assert velocities and all(torch.isfinite(s["velocity"]).all() for s in velocities.values())
     with pytest.raises(ValueError, match="trust"):
         LARS([nn.Parameter(torch.zeros(2, 2))], lr=0.1, trust=0)
+
+
+def test_byols_form_applies_the_lr_after_the_momentum():
+    """BYOL's optax chain: v = m v + ratio * d, w = w - lr * v. Same first step as SimCLR's
+    form; at a changed lr the second step is lr' * (0.9 v1 / lr + ratio' d')."""
+    weight = nn.Parameter(torch.tensor([[3.0, 0.0], [0.0, 4.0]], dtype=torch.float64))
+    weight.grad = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    optimizer = LARS([weight], lr=2.0, momentum=0.9, weight_decay=0.5, lr_in_momentum=False)
+    optimizer.step()
+    ratio = 0.001 * 5 / math.sqrt(2.5**2 + 2**2)
+    velocity = ratio * torch.tensor([[2.5, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    moved = weight.detach().clone()
+    torch.testing.assert_close(moved, torch.diag(torch.tensor([3.0, 4.0]).double()) - 2 * velocity)
+    step = weight.grad + 0.5 * moved
+    second_ratio = 0.001 * moved.norm() / step.norm()
+    optimizer.param_groups[0]["lr"] = 1.0
+    optimizer.step()
+    expected = moved - 1.0 * (0.9 * velocity + second_ratio * step)
+    torch.testing.assert_close(weight.detach(), expected, atol=1e-12, rtol=0)

@@ -27,13 +27,20 @@ from contrastlab.views.contrastive_crop import ContrastiveCrop, box_statistics, 
 
 
 def make_optimizer(
-    kind: str, groups: list[dict], lr: float, weight_decay: float, sgd_momentum: float
+    kind: str,
+    groups: list[dict],
+    lr: float,
+    weight_decay: float,
+    sgd_momentum: float,
+    lr_in_momentum: bool = True,
 ) -> torch.optim.Optimizer:
     """``sgd`` (with momentum), ``adamw``, or ``lars`` (:class:`~contrastlab.optim.LARS`:
     SGD with momentum and trust ratio 0.001, biases and normalisation parameters neither
     adapted nor decayed) over ``groups``."""
     if kind == "lars":
-        return LARS(lars_groups(groups), lr=lr, momentum=sgd_momentum, weight_decay=weight_decay)
+        return LARS(
+            lars_groups(groups), lr, sgd_momentum, weight_decay, lr_in_momentum=lr_in_momentum
+        )
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if kind == "sgd":
@@ -117,6 +124,8 @@ class ContrastiveMethod(pl.LightningModule):
             large batches) or ``adamw`` (betas 0.9, 0.999; the one that trains ViTs, with a
             warm-up).
         lr, weight_decay, sgd_momentum: ``lr`` is for the whole global batch.
+        lars_lr_in_momentum: LARS scales each step by the learning rate before the momentum
+            (SimCLR's reference) or, ``False``, after it (BYOL's optax chain).
         lr_batch: the global batch ``lr`` was written for (every preset names it); when the
             run's global batch (nodes x devices x ``data.batch_size``) differs, the optimiser
             starts from ``lr`` scaled by ``lr_scaling`` and one line says so. ``None``: ``lr``
@@ -160,6 +169,7 @@ class ContrastiveMethod(pl.LightningModule):
         lr_scaling: Literal["linear", "sqrt", "keep"] = "linear",
         weight_decay: float = 5e-4,
         sgd_momentum: float = 0.9,
+        lars_lr_in_momentum: bool = True,
         warmup_epochs: float = 0.0,
         lr_floor: float = 0.0,
         lr_interval: Literal["step", "epoch", "epoch_end"] = "step",
@@ -338,6 +348,7 @@ class ContrastiveMethod(pl.LightningModule):
             self.run_lr(),
             self.hparams.weight_decay,
             self.hparams.sgd_momentum,
+            self.hparams.get("lars_lr_in_momentum", True),
         )
         fixed = [bool(group.get("fixed_lr", False)) for group in optimizer.param_groups]
         total = max(1, int(self.trainer.estimated_stepping_batches))
