@@ -89,3 +89,11 @@ def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if world()[1] == 1:
         return tensor
     return _AllReduceSum.apply(tensor.contiguous())
+
+
+@torch.no_grad()
+def reduce_in_place(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` summed (``op="sum"``) or maximised (``"max"``) over processes, in place."""
+    if world()[1] > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor

@@ -80,17 +80,14 @@ def sharded_knn_accuracy(
     every process's queries, and their similarities to the shard. In one process it is
     :func:`knn_accuracy`. ``num_classes`` is one more than the largest label anywhere.
     """
-    import torch.distributed as dist
-
-    from contrastlab.distributed import gather_cat, world
+    from contrastlab.distributed import gather_cat, reduce_in_place, world
 
     _, size = world()
     device = bank.device
     largest = [int(t.max()) if len(t) else -1 for t in (bank_labels, labels)]
     totals = torch.tensor([len(bank), len(features), *largest], device=device)
-    if size > 1:
-        dist.all_reduce(totals[:2])
-        dist.all_reduce(totals[2:], op=dist.ReduceOp.MAX)
+    reduce_in_place(totals[:2])
+    reduce_in_place(totals[2:], "max")
     bank_size, query_count = int(totals[0]), int(totals[1])
     if bank_size == 0:
         raise ValueError("kNN needs a non-empty feature bank")
@@ -100,8 +97,7 @@ def sharded_knn_accuracy(
     features = F.normalize(features.float(), dim=1)
     share = -(-chunk // size)  # each process's rows per round: ``chunk`` queries in all
     rounds = torch.tensor([-(-len(features) // share)], device=device)
-    if size > 1:
-        dist.all_reduce(rounds, op=dist.ReduceOp.MAX)
+    reduce_in_place(rounds, "max")
     correct = 0
     for start in range(0, int(rounds) * share, share):
         queries = gather_cat(features[start : start + share])
