@@ -144,6 +144,13 @@ def finishes_after_this_epoch(trainer: pl.Trainer) -> bool:
     return steps is not None and steps > 0 and trainer.global_step >= steps
 
 
+def all_finite(module: torch.nn.Module) -> bool:
+    """Whether every parameter and every floating buffer (BatchNorm statistics, MoCo's queue) is
+    finite: a loss can still be finite at the step whose update overflowed them."""
+    tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 class RunCheckpoint(Checkpoint):
     """``last.ckpt`` at every epoch end, optionally every ``every_n_steps`` steps and every
     ``every_minutes`` minutes; SIGTERM, SIGUSR1 and SIGINT stop the run at the next step
@@ -312,8 +319,8 @@ class RunCheckpoint(Checkpoint):
     def _stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the state of this step boundary to a temporary (all processes take part;
         the first process writes)."""
-        if not all(bool(torch.isfinite(p).all()) for p in pl_module.parameters()):
-            raise self._nonfinite(trainer, "a weight")
+        if not all_finite(pl_module):
+            raise self._nonfinite(trainer, "a weight or a statistic")
         trainer.save_checkpoint(self.path(trainer), weights_only=False)
         self._staged_step = trainer.global_step
         self._last_save = time.monotonic()
