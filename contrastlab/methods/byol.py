@@ -32,6 +32,8 @@ class BYOL(ContrastiveMethod):
     Args:
         proj_hidden, proj_dim: projector ``Linear -> BN -> ReLU -> Linear`` (512 -> 128 on CIFAR).
         pred_hidden: predictor ``proj_dim -> pred_hidden -> proj_dim`` with BN.
+        out_bias: the projector's and predictor's last Linear have a bias (the ContrastiveCrop
+            authors' and lightly's) or not (``False``: BYOL's reference, networks.MLP).
         momentum: EMA ``m`` of the target (0.996).
         loss_scale: multiplies the loss (with SGD, scale ``c`` at ``(lr, wd)`` trains as
             ``(c lr, wd / c)``): 1 is the paper's sum; lightly's CIFAR-10 benchmark minimises
@@ -49,6 +51,7 @@ class BYOL(ContrastiveMethod):
         proj_hidden: int = 512,
         proj_dim: int = 128,
         pred_hidden: int = 512,
+        out_bias: bool = True,
         momentum: float = 0.996,
         momentum_schedule: bool = False,
         loss_scale: float = 1.0,
@@ -61,8 +64,9 @@ class BYOL(ContrastiveMethod):
         super().__init__(
             bn_splits=bn_splits, global_bn=global_bn, lr=lr, weight_decay=weight_decay, **kwargs
         )
-        self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim, batch_norm=True)
-        self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim, batch_norm=True)
+        width = self.backbone.feature_dim
+        self.head = mlp_head(width, proj_hidden, proj_dim, batch_norm=True, out_bias=out_bias)
+        self.predictor = mlp_head(proj_dim, pred_hidden, proj_dim, True, out_bias)
         self.target_backbone = frozen_copy(self.backbone)
         self.target_head = frozen_copy(self.head)
 

@@ -6,17 +6,22 @@ from torch import nn
 
 
 def mlp_head(
-    in_dim: int, hidden_dim: int | None, out_dim: int, batch_norm: bool = False
+    in_dim: int,
+    hidden_dim: int | None,
+    out_dim: int,
+    batch_norm: bool = False,
+    out_bias: bool = True,
 ) -> nn.Sequential:
     """MoCo v2 / SimCLR projection head:
-    ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)``; with ``hidden_dim=None`` the
-    linear head ``Linear(in, out)`` of MoCo v1 and MoCo's CIFAR-10 demo."""
+    ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)``, the last Linear with a bias
+    unless ``out_bias`` is false (BYOL's reference); with ``hidden_dim=None`` the linear head
+    ``Linear(in, out)`` of MoCo v1 and MoCo's CIFAR-10 demo."""
     if hidden_dim is None:
-        return nn.Sequential(nn.Linear(in_dim, out_dim))
+        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=out_bias))
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=not batch_norm)]
     if batch_norm:
         layers.append(nn.BatchNorm1d(hidden_dim))
-    layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)]
+    layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim, bias=out_bias)]
     return nn.Sequential(*layers)
 
 
