@@ -117,18 +117,28 @@ def crop_table(args: argparse.Namespace, generator: torch.Generator) -> None:
         batch = dataset.__getitems__([(i, boxes[:, i], VIEW) for i in range(len(files))])
         images = batch.padded().to(device).float().div_(255)
         mapped = batch.boxes.to(device)
-        variants = {"fast": False, "exact": True}
-        rates: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, antialias in variants.items():
-                run = partial(crops, images, mapped, antialias)
-                rates[name].append(rate(run, len(files), args.seconds))
-        median = {name: statistics.median(values) for name, values in rates.items()}
+        variants = {
+            "fast": partial(crops, images, mapped, False),
+            "exact": partial(crops, images, mapped, True),
+        }
+        rates, median = alternate(variants, len(files), args)
         print(
             f"| {folder.name} ({len(files)}, decoded up to {images.shape[-2]}x"
             f"{images.shape[-1]}) | {median['fast']:.0f} | {median['exact']:.0f} "
             f"| {ratio(rates['exact'], rates['fast']):.2f}x |"
         )
+
+
+def alternate(
+    variants: dict[str, Callable[[], None]], count: int, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each variant's rate in every round, the variants alternating within a round (a drifting
+    clock hits them alike), and each variant's median round."""
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            rates[name].append(rate(run, count, args.seconds))
+    return rates, {name: statistics.median(values) for name, values in rates.items()}
 
 
 def rate(run: Callable[[], None], count: int, min_seconds: float) -> float:
@@ -173,11 +183,7 @@ def main() -> None:
             encoded = FolderViews(files, None, dataset.sizes, decode_on_device=True)
             device = torch.device(args.device)
             variants["device"] = lambda d=encoded, on=device: on_device(d, generator, on)
-        rates: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, run in variants.items():
-                rates[name].append(rate(run, len(files), args.seconds))
-        median = {name: statistics.median(values) for name, values in rates.items()}
+        rates, median = alternate(variants, len(files), args)
         print(
             f"| {folder.name} ({len(files)}) | {median['reference']:.0f} | {median['bare']:.0f} "
             f"| {median['ours']:.0f} | {median['squared']:.0f} "
