@@ -21,6 +21,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
             "contrastlab.io",
             "contrastlab.distributed",
             "contrastlab.schedules",
+            "contrastlab.optim",
             "contrastlab.options",
             "contrastlab.precision",
         ),
