@@ -47,9 +47,11 @@ def assert_same_state(a_path: Path, b_path: Path) -> None:
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    for i, state in a["optimizer_states"][0]["state"].items():
-        other = b["optimizer_states"][0]["state"][i]["momentum_buffer"]
-        assert torch.equal(state["momentum_buffer"], other)
+    for i, state in a["optimizer_states"][0]["state"].items():  # SGD's momentum, LARS's velocity
+        other = b["optimizer_states"][0]["state"][i]
+        assert state.keys() == other.keys()
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other[name])), (i, name)
     assert a["lr_schedulers"] == b["lr_schedulers"]
     for key in ("view_rng", "torch_rng"):
         assert torch.equal(a["contrastlab"][key], b["contrastlab"][key]), key

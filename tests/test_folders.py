@@ -371,6 +371,15 @@ RUNS = {
         "0",
     ],
     "cifar10/simclr_ccrop": [*CCROP_ONCE, "--data.num_workers", "2"],
+    # the ImageNet BYOL recipe, small: LARS's velocities, the EMA schedule and both views resume
+    "imagenet/byol": [
+        "--model.backbone=resnet18",
+        "--model.proj_hidden=64",
+        "--model.pred_hidden=64",
+        "--model.second_view.size=16",
+        "--data.num_workers=0",
+        "--trainer.strategy=auto",
+    ],
 }
 
 
