@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"contrastlab: data error: {error}") from None
     except (CheckpointError, FileNotFoundError) as error:
         raise SystemExit(f"contrastlab {argv[0]}: {error}") from None
+    from contrastlab.distributed import leave_process_group
+
+    leave_process_group()
 
 
 def run(command: str, rest: list[str]) -> None:
