@@ -276,6 +276,14 @@ class ContrastDataModule(pl.LightningDataModule):
             self._subset(read_split(self.dataset, root, split, self.working_size), subset)
         )
 
+    def split_views(self, split: str) -> Dataset:
+        """Any split as the training loader serves it, for augmented views (a labelled probe
+        or fine-tune): native-resolution :class:`FolderViews` for lazy folders without a
+        working size, else as :meth:`split_dataset`."""
+        if self.native:
+            return self._lazy(self.data_root(), split, views=True)
+        return self.split_dataset(split)
+
     def class_names(self, split: str) -> list[str] | None:
         """The names of the labels of ``split`` (CIFAR's ``airplane``, a folder's class
         sub-folders), or ``None`` when the dataset has none."""
@@ -363,7 +371,7 @@ class ContrastDataModule(pl.LightningDataModule):
             return self.working_size
         return round((self.view_size or 224) * 256 / 224)
 
-    def _loader(
+    def loader(
         self,
         dataset: Dataset,
         batch_size: int,
@@ -371,6 +379,10 @@ class ContrastDataModule(pl.LightningDataModule):
         draw: BoxDrawer | None = None,
         indices: torch.Tensor | None = None,
     ) -> DataLoader:
+        """This process's share of ``dataset`` (of its ``indices`` only, when given) in
+        batches of ``batch_size``: shuffled per epoch, whole global batches and resumable
+        mid-epoch with ``train``; in dataset order, every image once, without. Native
+        photo folders need ``draw``, the box sampler their view requests are drawn by."""
         rank, size = world()
         sampler = GlobalBatchSampler(
             len(dataset) if indices is None else len(indices),
@@ -416,13 +428,13 @@ class ContrastDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train=True, draw=self._draw_boxes)
+        return self.loader(self.train_set, self.batch_size, train=True, draw=self._draw_boxes)
 
     def localization_dataloader(self) -> DataLoader:
         """This process's share of the pretraining split, un-augmented, in dataset order
         (ContrastiveCrop's localisation pass); native-resolution batches carry one box per
         image, the whole image, which the pass resizes to the view size."""
-        return self._loader(self.train_set, self.eval_batch_size, train=False, draw=whole_images)
+        return self.loader(self.train_set, self.eval_batch_size, train=False, draw=whole_images)
 
     def sample_dataloader(self, count: int) -> DataLoader:
         """A fixed sample of ``count`` training images (drawn from ``data.seed``: the same at
@@ -430,7 +442,7 @@ class ContrastDataModule(pl.LightningDataModule):
         localisation loader does (for label-free monitors such as RankMe)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 17)
         sample = torch.randperm(len(self.train_set), generator=generator)[:count]
-        return self._loader(
+        return self.loader(
             self.train_set, self.eval_batch_size, False, whole_images, sample.sort().values
         )
 
@@ -439,8 +451,8 @@ class ContrastDataModule(pl.LightningDataModule):
         if self.bank_set is None or self.eval_set is None:
             return []
         return [
-            self._loader(self.bank_set, self.eval_batch_size, train=False),
-            self._loader(self.eval_set, self.eval_batch_size, train=False),
+            self.loader(self.bank_set, self.eval_batch_size, train=False),
+            self.loader(self.eval_set, self.eval_batch_size, train=False),
         ]
 
     def val_dataloader(self) -> list[DataLoader]:

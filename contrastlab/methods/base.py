@@ -428,36 +428,47 @@ class ContrastiveMethod(pl.LightningModule):
     # ------------------------------------------------------------------ exact resume
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        states = gather_cat(self.views.get_state().unsqueeze(0).to(self.device)).cpu()
-        # every process's own: one process's state given to all would change what the others
-        # draw after a resume (they need not have drawn alike before it)
-        torch_states = gather_cat(torch.get_rng_state().unsqueeze(0).to(self.device)).cpu()
-        checkpoint.setdefault("contrastlab", {}).update(
-            view_rng=states,
-            torch_rng=torch_states,
-        )
+        state = checkpoint.setdefault("contrastlab", {})
+        state.update(rng_states(self.views, self.device))
         if self._trainer is not None:  # what a resume compares against
-            checkpoint["contrastlab"]["max_epochs"] = self.trainer.max_epochs
-            checkpoint["contrastlab"]["steps_per_epoch"] = int(self.trainer.num_training_batches)
-        if torch.cuda.is_available():
-            checkpoint["contrastlab"]["cuda_rng"] = torch.cuda.get_rng_state_all()
+            state["max_epochs"] = self.trainer.max_epochs
+            state["steps_per_epoch"] = int(self.trainer.num_training_batches)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("contrastlab")
-        if state is None:
-            return
-        rank, _ = world()
-        view_states = state["view_rng"]
-        if rank < len(view_states):  # a run resumed on more processes keeps fresh seeds
-            # a compact copy: Generator.set_state misreads a row view with a storage offset
-            self.views.set_state(view_states[rank].cpu().clone())
-        torch_states = state["torch_rng"]
-        if torch_states.ndim == 1:  # a checkpoint from before the states were per process
-            torch_states = torch_states.unsqueeze(0)
-        if rank < len(torch_states):
-            torch.set_rng_state(torch_states[rank].cpu().clone())
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        restore_rng_states(self.views, checkpoint.get("contrastlab"))
+
+
+def rng_states(views: ViewSampler, device: torch.device) -> dict[str, Any]:
+    """Every process's view generator and torch RNG states (gathered, one row per rank) and
+    the CUDA states: what an exact resume restores with :func:`restore_rng_states`."""
+    # every process's own: one process's state given to all would change what the others
+    # draw after a resume (they need not have drawn alike before it)
+    states: dict[str, Any] = {
+        "view_rng": gather_cat(views.get_state().unsqueeze(0).to(device)).cpu(),
+        "torch_rng": gather_cat(torch.get_rng_state().unsqueeze(0).to(device)).cpu(),
+    }
+    if torch.cuda.is_available():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(views: ViewSampler, state: dict[str, Any] | None) -> None:
+    """Set this process's RNG states from :func:`rng_states`' record (a run resumed on more
+    processes keeps fresh seeds on the new ones)."""
+    if state is None:
+        return
+    rank, _ = world()
+    view_states = state["view_rng"]
+    if rank < len(view_states):
+        # a compact copy: Generator.set_state misreads a row view with a storage offset
+        views.set_state(view_states[rank].cpu().clone())
+    torch_states = state["torch_rng"]
+    if torch_states.ndim == 1:  # a checkpoint from before the states were per process
+        torch_states = torch_states.unsqueeze(0)
+    if rank < len(torch_states):
+        torch.set_rng_state(torch_states[rank].cpu().clone())
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
 
 
 def normalized(x: torch.Tensor) -> torch.Tensor:
