@@ -22,6 +22,7 @@ writes ``results.md``, ``results.json`` and a report comparing the cells.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
@@ -98,27 +99,46 @@ def fit(args: list[str]) -> None:
     """Train; a user's mistake, a failed save or a diverged loss ends in one line and a non-zero
     exit, and so does a stop by signal (``128 + signum``, after saving). ``--help`` ends with
     :data:`FIT_HELP`, what Lightning's help cannot list."""
-    from contrastlab.app.fit import ContrastCLI, RunDirectoryError
+    from contrastlab.app.fit import ContrastCLI
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args both exist
+    try:
+        with run_endings("fit"):
+            ContrastCLI(args=["fit", *rewrite_fit_args(args)], given=args)
+    finally:
+        sys.argv = argv
+        if "-h" in args or "--help" in args:
+            print(FIT_HELP)
+
+
+@contextlib.contextmanager
+def run_endings(command: str, mistakes: tuple[type[Exception], ...] = ()):
+    """How a long run ends when it does not finish: a stop by signal after saving exits
+    ``128 + signum`` (requeueing a SLURM job that asked for it) and says how to continue; a
+    user's mistake (an option error, or one of ``mistakes``: the evaluation commands' bad
+    values), a failed save or a diverged loss ends in one line and exit 1."""
+    from contrastlab.app.fit import RunDirectoryError
     from contrastlab.options import OptionError
     from contrastlab.runs.checkpoints import CheckpointWriteError, NonFiniteLoss, RunStopped
     from contrastlab.runs.signals import exit_code, requeue_slurm_job, slurm_job_id
 
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args both exist
     try:
-        ContrastCLI(args=["fit", *rewrite_fit_args(args)], given=args)
+        yield
     except RunStopped as stop:
         job = slurm_job_id()
         requeued = ""
         if job is not None and stop.requeue and _rank() == 0:
             requeued = f"; {requeue_slurm_job(job)}"
-        print(f"contrastlab fit: {stop}; continue with --resume{requeued}", file=sys.stderr)
+        print(f"contrastlab {command}: {stop}; continue with --resume{requeued}", file=sys.stderr)
         raise SystemExit(exit_code(stop.signum)) from None
-    except (OptionError, RunDirectoryError, CheckpointWriteError, NonFiniteLoss) as error:
-        raise SystemExit(f"contrastlab fit: {error}") from None
-    finally:
-        sys.argv = argv
-        if "-h" in args or "--help" in args:
-            print(FIT_HELP)
+    except (
+        OptionError,
+        RunDirectoryError,
+        CheckpointWriteError,
+        NonFiniteLoss,
+        *mistakes,
+    ) as error:
+        raise SystemExit(f"contrastlab {command}: {error}") from None
 
 
 def _rank() -> int:
@@ -147,6 +167,38 @@ def _checkpoint_parser(prog: str, description: str):
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
+
+
+def add_run_options(parser) -> None:
+    """Options of the commands that train on an image folder on the run machinery (the paper
+    linear probe, fine-tuning): processes, precision, workers and resuming."""
+    group = parser.add_argument_group(
+        "image folders (streamed, checkpointed every epoch; under torchrun, --devices and "
+        "--num-nodes must match its processes)"
+    )
+    group.add_argument("--devices", type=int, default=1, help="processes per node (1)")
+    group.add_argument("--num-nodes", type=int, default=1, help="nodes (1)")
+    group.add_argument(
+        "--precision", default=None, help="Lightning precision (default: bf16-mixed where fast)"
+    )
+    group.add_argument("--workers", type=int, default=None, help="data-loader workers per process")
+    group.add_argument(
+        "--resume", action="store_true", help="continue the stopped run from its last.ckpt"
+    )
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_launch(o):
+    from contrastlab.app.classify import Launch
+
+    return Launch(
+        accelerator="gpu" if str(o.device).startswith("cuda") else "cpu",
+        devices=o.devices,
+        num_nodes=o.num_nodes,
+        precision=o.precision,
+        workers=o.workers,
+        progress=not o.no_progress,
+    )
 
 
 def knn(args: list[str]) -> None:
@@ -199,19 +251,24 @@ def linear(args: list[str]) -> None:
         "ImageNet folders); fast: 256",
     )
     add_subset_options(parser, "train_subset", "eval_subset")
+    add_run_options(parser)
     o = parser.parse_args(args)
-    result = linear_probe(
-        path=o.checkpoint,
-        mode=o.mode,
-        epochs=o.epochs,
-        lr=o.lr,
-        batch_size=o.batch_size,
-        train_subset=o.train_subset,
-        eval_subset=o.eval_subset,
-        root=o.root,
-        device=o.device,
-    )
-    print(result.summary())
+    with run_endings("linear", (ValueError,)):
+        result = linear_probe(
+            path=o.checkpoint,
+            mode=o.mode,
+            epochs=o.epochs,
+            lr=o.lr,
+            batch_size=o.batch_size,
+            train_subset=o.train_subset,
+            eval_subset=o.eval_subset,
+            root=o.root,
+            device=o.device,
+            launch=run_launch(o),
+            resume=o.resume,
+        )
+    if _rank() == 0:
+        print(result.summary())
 
 
 def finetune(args: list[str]) -> None:
@@ -227,25 +284,51 @@ def finetune(args: list[str]) -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="60 for 1%% of the labels, else 30 (SynCo's)"
     )
-    parser.add_argument("--lr", type=float, default=0.01, help="backbone lr (0.01)")
-    parser.add_argument("--head-lr", type=float, default=0.1, help="classifier lr (0.1)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="backbone lr (image folders: 0.005, SynCo's; in memory: 0.01)",
+    )
+    parser.add_argument(
+        "--head-lr", type=float, default=None, help="classifier lr (image folders: 0.5; else 0.1)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="global batch (image folders: 1024; else 256)"
+    )
+    parser.add_argument(
+        "--sweep",
+        type=float,
+        nargs="*",
+        default=None,
+        help="image folders: choose the backbone lr among these (none given: SynCo's 0.005 0.01 "
+        "0.02 0.05 0.1) on a held-out 10%% of the labelled images, then train on all of them",
+    )
     add_subset_options(parser, "eval_subset")
     parser.add_argument("--seed", type=int, default=0, help="which labelled subset")
+    add_run_options(parser)
     o = parser.parse_args(args)
-    result = finetune_checkpoint(
-        path=o.checkpoint,
-        labels=o.labels,
-        epochs=o.epochs,
-        lr=o.lr,
-        head_lr=o.head_lr,
-        batch_size=o.batch_size,
-        eval_subset=o.eval_subset,
-        seed=o.seed,
-        root=o.root,
-        device=o.device,
-    )
-    print(result.summary())
+    from contrastlab.eval.classifier import SEMISUP_BACKBONE_LRS
+
+    sweep = () if o.sweep is None else tuple(o.sweep or SEMISUP_BACKBONE_LRS)
+    with run_endings("finetune", (ValueError,)):
+        result = finetune_checkpoint(
+            path=o.checkpoint,
+            labels=o.labels,
+            epochs=o.epochs,
+            lr=o.lr,
+            head_lr=o.head_lr,
+            batch_size=o.batch_size,
+            eval_subset=o.eval_subset,
+            seed=o.seed,
+            root=o.root,
+            device=o.device,
+            sweep=sweep,
+            launch=run_launch(o),
+            resume=o.resume,
+        )
+    if _rank() == 0:
+        print(result.summary())
 
 
 def export(args: list[str]) -> None:

@@ -9,15 +9,23 @@ views are cached per (checkpoint, split) beside the run; results are written as 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from contrastlab.app.classify import Launch, streaming_finetune, streaming_probe
 from contrastlab.data.datasets import LazyImageFolder
 from contrastlab.data.module import DEFAULT_SPLITS, ContrastDataModule
 from contrastlab.data.readers import DatasetError, list_image_folder
+from contrastlab.distributed import world
+from contrastlab.eval.classifier import (
+    PAPER_LINEAR_FOLDER,
+    SEMISUP_BATCH,
+    SEMISUP_HEAD_LR,
+    semisup_protocol,
+)
 from contrastlab.eval.embed import Embedded, embed_dataset
 from contrastlab.eval.features import FeatureCache, Features, extract_features
 from contrastlab.eval.finetune import (
@@ -211,15 +219,28 @@ def linear_probe(
     eval_subset: int | None = None,
     root: str | None = None,
     device: str = "cpu",
+    launch: Launch | None = None,
+    resume: bool = False,
 ) -> ProbeResult:
     """Linear probe of a checkpoint (see :mod:`contrastlab.eval.linear`); saved as
     ``eval/linear_<mode>.json``. Unset, ``lr`` and ``batch_size`` are the paper protocol's for
     the dataset (:data:`PAPER_PROBE`), or for the fast mode the learning rate chosen on a
-    held-out slice of the training split (:func:`choose_fast_lr`) and batch 256."""
+    held-out slice of the training split (:func:`choose_fast_lr`) and batch 256. The paper
+    protocol on an image folder streams from it (:func:`streaming_probe`): ``launch`` says on
+    how many processes, ``resume`` continues a stopped run."""
     if mode not in ("fast", "paper"):
         raise ValueError(f"unknown linear-probe mode {mode!r}; expected 'fast' or 'paper'")
     run = Evaluation.open(path, root, device)
     train_split, eval_split = run.splits(None, None)
+    if mode == "paper" and run.data.lazy:
+        paper_lr, paper_batch = PAPER_PROBE[run.data.dataset]
+        protocol = replace(
+            PAPER_LINEAR_FOLDER,
+            epochs=epochs,
+            head_lr=lr or paper_lr,
+            batch_size=batch_size or paper_batch,
+        )
+        return streaming_probe(run, protocol, train_subset, eval_subset, launch, resume)
     evaluation = run.features(eval_split, eval_subset)
     if mode == "fast":
         train = run.features(train_split, train_subset)
@@ -241,8 +262,6 @@ def linear_probe(
         paper_lr, paper_batch = PAPER_PROBE[run.data.dataset]
         lr, batch_size = lr or paper_lr, batch_size or paper_batch
         images = run.data.split_dataset(train_split, train_subset)
-        if not hasattr(images, "images"):
-            raise ValueError("the paper protocol needs an in-memory training split")
         classes = int(torch.cat([images.labels, evaluation[1]]).max()) + 1
         result = linear_on_images(
             model=run.model,
@@ -264,32 +283,50 @@ def finetune_checkpoint(
     path: str | Path,
     labels: str = "1%",
     epochs: int | None = None,
-    lr: float = 0.01,
-    head_lr: float = 0.1,
-    batch_size: int = 256,
+    lr: float | None = None,
+    head_lr: float | None = None,
+    batch_size: int | None = None,
     eval_subset: int | None = None,
     seed: int = 0,
     root: str | None = None,
     device: str = "cpu",
+    sweep: tuple[float, ...] = (),
+    launch: Launch | None = None,
+    resume: bool = False,
 ):
     """Semi-supervised fine-tuning on a labelled subset of the training split: class-balanced
     and seeded (``1%``, ``10%``, a count), or the images a subset file lists
-    (:func:`subset_from_list`); ``epochs`` defaults to SynCo's (60 for 1%, else 30). The result
-    and the subset's indices are saved as ``eval/finetune_<labels>.json``."""
+    (:func:`subset_from_list`); ``epochs`` defaults to SynCo's (60 for 1%, else 30). On an
+    image folder it streams from the folder at SynCo's settings (:data:`FOLDER_FINETUNE`),
+    optionally choosing the backbone lr among ``sweep`` on held-out labelled images
+    (:func:`~contrastlab.app.classify.streaming_finetune`); in-memory datasets train in one
+    process (:func:`~contrastlab.eval.finetune.finetune`, :data:`MEMORY_FINETUNE`). The
+    result and the subset's indices are saved as ``eval/finetune_<labels>.json``."""
     run = Evaluation.open(path, root, device)
     train_split, eval_split = run.splits(None, None)
+    defaults = FOLDER_FINETUNE if run.data.lazy else MEMORY_FINETUNE
+    lr = defaults[0] if lr is None else lr
+    head_lr = defaults[1] if head_lr is None else head_lr
+    batch_size = defaults[2] if batch_size is None else batch_size
+    epochs = default_finetune_epochs(labels) if epochs is None else epochs
+    listed = Path(labels).is_file()
+    name = Path(labels).stem if listed else labels.replace("%", "pct")
+    extra = {"train_split": train_split, "eval_split": eval_split, "seed": seed}
+    if run.data.lazy:
+        train_labels = torch.as_tensor(run.data.split_dataset(train_split).labels)
+        labelled = _labelled_rows(run, train_split, train_labels, labels, seed)
+        protocol = semisup_protocol(epochs, lr, head_lr, batch_size)
+        result = streaming_finetune(
+            run, labelled, labels, protocol, sweep, eval_subset, launch, resume, f"finetune_{name}"
+        )
+        if world()[0] == 0:
+            run.save(f"finetune_{name}", {**result.to_dict(), **extra, "processes": world()[1]})
+        return result
+    if sweep:
+        raise ValueError("--sweep applies to image folders (in memory: give --lr)")
     train = run.data.split_dataset(train_split)
     evaluation = run.data.split_dataset(eval_split, eval_subset)
-    if not hasattr(train, "images") or not hasattr(evaluation, "images"):
-        raise ValueError("fine-tuning needs in-memory splits")
-    listed = Path(labels).is_file()
-    if listed:
-        names = run.data.split_file_names(train_split)
-        lines = Path(labels).read_text().splitlines()
-        labelled = subset_from_list(lines, names, len(train.labels), labels)
-    else:
-        labelled = balanced_subset(train.labels, parse_label_amount(labels), seed)
-    epochs = default_finetune_epochs(labels) if epochs is None else epochs
+    labelled = _labelled_rows(run, train_split, train.labels, labels, seed)
     classes = int(torch.cat([train.labels, evaluation.labels]).max()) + 1
     result = finetune(
         model=run.model,
@@ -306,10 +343,28 @@ def finetune_checkpoint(
         batch_size=batch_size,
         seed=seed,
     )
-    name = Path(labels).stem if listed else labels.replace("%", "pct")
-    extra = {"train_split": train_split, "eval_split": eval_split, "seed": seed}
     run.save(f"finetune_{name}", {**result.to_dict(), **extra})
     return result
+
+
+FOLDER_FINETUNE = (0.005, SEMISUP_HEAD_LR, SEMISUP_BATCH)
+"""Image folders' ``(backbone lr, classifier lr, global batch)``: SynCo's
+``scripts/semisup_*`` (0.005 is its 200-epoch script's backbone lr and the first of the
+800-epoch script's sweep, :data:`~contrastlab.eval.classifier.SEMISUP_BACKBONE_LRS`)."""
+MEMORY_FINETUNE = (0.01, 0.1, 256)
+"""In-memory datasets' ``(backbone lr, classifier lr, batch)`` (no source gives CIFAR's)."""
+
+
+def _labelled_rows(
+    run: Evaluation, split: str, labels: torch.Tensor, amount: str, seed: int
+) -> torch.Tensor:
+    """The labelled training images: those a subset file lists, or a seeded class-balanced
+    share (:func:`balanced_subset`)."""
+    if Path(amount).is_file():
+        names = run.data.split_file_names(split)
+        lines = Path(amount).read_text().splitlines()
+        return subset_from_list(lines, names, len(labels), amount)
+    return balanced_subset(labels, parse_label_amount(amount), seed)
 
 
 __all__ = [

@@ -51,9 +51,22 @@ def subset_from_list(
 ) -> torch.Tensor:
     """Sorted dataset indices of the images a subset list names, one per line: an image's file
     name (SimCLR's 1% / 10% ImageNet lists, e.g. ``n01440764_10026.JPEG``, matched to the
-    training split's file names without their folders) or a dataset index. Blank lines are
-    skipped; a name or index the split lacks is an error naming it."""
-    position = {} if names is None else {Path(n).name: i for i, n in enumerate(names)}
+    training split's file names without their folders), ``class/file`` where a file name
+    recurs in several class folders, or a dataset index. Blank lines are skipped; a name or
+    index the split lacks, or a file name it holds more than once, is an error naming it."""
+    position: dict[str, int] = {}
+    twice: set[str] = set()
+    for i, name in enumerate(names or []):
+        path = Path(name)
+        twice |= {path.name} & position.keys()
+        position[path.name] = i
+        position[f"{path.parent.name}/{path.name}"] = i
+    ambiguous = sorted({x.strip() for x in lines} & twice)
+    if ambiguous:
+        raise ValueError(
+            f"{where}: {len(ambiguous)} file name(s) occur in several class folders; write them "
+            "as class/file: " + ", ".join(ambiguous[:5])
+        )
     chosen, unknown = set(), []
     for line in (x.strip() for x in lines):
         if not line:
@@ -103,7 +116,9 @@ def balanced_subset(labels: torch.Tensor, amount: float | int, seed: int = 0) ->
 
 @dataclass
 class FinetuneResult:
-    """Top-1/top-5 (percent) on the evaluation split after the last epoch."""
+    """Top-1/top-5 (percent) on the evaluation split after the last epoch; ``best_*`` is an
+    extra (chosen on the evaluation split), never the headline number. ``sweep`` holds, when
+    the backbone lr was chosen by a sweep, each candidate's top-1 on ``sweep_split``."""
 
     labels: str
     labelled_images: int
@@ -112,15 +127,35 @@ class FinetuneResult:
     top5: float
     seconds: float
     labelled_indices: list[int] = field(repr=False)
+    lr: float | None = None
+    head_lr: float | None = None
+    batch_size: int | None = None
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    sweep: dict[str, float] | None = None
+    sweep_split: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
+        rates = ""
+        if self.lr is not None:
+            rates = f", backbone lr {self.lr:g}, classifier lr {self.head_lr:g}, batch "
+            rates += f"{self.batch_size}"
+        if self.sweep:
+            tried = ", ".join(f"{lr}: {top1:.1f}%" for lr, top1 in self.sweep.items())
+            rates += f" (backbone lr chosen on {self.sweep_split}: {tried})"
+        best = ""
+        if self.best_epoch is not None:
+            best = (
+                f"; best epoch {self.best_epoch} top-1 {self.best_top1:.2f}% (chosen on the "
+                "evaluation split)"
+            )
         return (
             f"fine-tuned on {self.labels} labels ({self.labelled_images} images, "
-            f"{self.epochs} epochs, last epoch): top-1 {self.top1:.2f}% top-5 {self.top5:.2f}%; "
-            f"{self.seconds:.1f} s"
+            f"{self.epochs} epochs{rates}): last epoch top-1 {self.top1:.2f}% top-5 "
+            f"{self.top5:.2f}%{best}; {self.seconds:.1f} s"
         )
 
 
