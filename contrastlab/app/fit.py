@@ -54,6 +54,7 @@ from contrastlab.runs.resume import (
 from contrastlab.runs.run_info import RunInfo, preset_and_options
 from contrastlab.runs.statistics import EpochStatistics, epoch_statistics
 from contrastlab.runs.view_grid import ViewGrid
+from contrastlab.schedules import batch_scaled_lr
 
 __all__ = ["ContrastCLI", "RunDirectoryError", "load_checkpoint_file"]
 
@@ -109,7 +110,7 @@ def lr_note(model: ContrastiveMethod) -> str | None:
     if batch is None or written_for is None or batch == written_for:
         return None
     if hp.get("lr_scaling", "linear") == "keep":
-        linear = hp.lr * batch / written_for
+        linear = batch_scaled_lr(hp.lr, written_for, batch, "linear")
         return (
             f"warning: model.lr {hp.lr:g} was written for a global batch of {written_for}; this "
             f"run's is {batch} and keeps it (model.lr_scaling keep; the linear rule would give "

@@ -148,7 +148,10 @@ def all_finite(module: torch.nn.Module) -> bool:
     """Whether every parameter and every floating buffer (BatchNorm statistics, MoCo's queue) is
     finite: a loss can still be finite at the step whose update overflowed them."""
     tensors = [*module.parameters(), *(b for b in module.buffers() if b.is_floating_point())]
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+    if not tensors:
+        return True
+    checks = [torch.isfinite(t).all().to(tensors[0].device) for t in tensors]
+    return bool(torch.stack(checks).all())  # one device-to-host copy, not one per tensor
 
 
 class RunCheckpoint(Checkpoint):

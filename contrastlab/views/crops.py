@@ -125,8 +125,10 @@ def crop_and_resize(
     ``ceil(box / size)`` bilinear samples per output pixel: faster, but it keeps 2.5x the
     aliasing (``bench/data_pipeline.py``).
     """
+    # decided on the boxes where they were drawn (the host, mostly): no device round trip
+    downscales = antialias and bool((boxes[:, 2:] > size).any())
     boxes = boxes.to(device=images.device, dtype=images.dtype)
-    if antialias and bool((boxes[:, 2:] > size).any()):
+    if downscales:
         return antialiased_crops(images, boxes, size)
     top, left, height, width = boxes.unbind(1)
     batch = torch.arange(len(images), device=images.device, dtype=images.dtype)
