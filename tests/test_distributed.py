@@ -397,11 +397,15 @@ DETERMINISTIC_VIEWS = [arg for arg in DETERMINISTIC[:12]] + [
 ]
 
 
+TOLERANCE = 1e-4
+"""Two processes against one after a step: fp32 sums in another order (1e-6 measured)."""
+
+
 @pytest.mark.parametrize("framework", ["simclr", "byol", "simsiam"])
 def test_global_batchnorm_makes_two_processes_match_one(tmp_path, tiny_cifar, framework):
     """With model.global_bn (their default), two processes of 8 images train as one process of
     16: the logged loss (the mean over processes), every weight and every BatchNorm running
-    statistic after two steps. Per-process BatchNorm (global_bn false) does not (SimCLR)."""
+    statistic after a step. Per-process BatchNorm (global_bn false) does not (SimCLR)."""
     common = [
         "--config",
         f"cifar10/{framework}",
@@ -409,6 +413,10 @@ def test_global_batchnorm_makes_two_processes_match_one(tmp_path, tiny_cifar, fr
         str(tiny_cifar),
         *DETERMINISTIC_VIEWS,
         "--trainer.log_every_n_steps",
+        "1",
+        # one step: after two, fp32 rounding (one conv sum split in two) has grown chaotically
+        # through BatchNorm over 8 images, to 2e-3 in a weight on an AMD EPYC (3e-4 on Intel)
+        "--trainer.max_steps",
         "1",
     ]
     runs = {
@@ -430,17 +438,19 @@ def test_global_batchnorm_makes_two_processes_match_one(tmp_path, tiny_cifar, fr
     one, two = states["one"], states["two"]
     statistics = [key for key in one if "running" in key]
     assert statistics and all("num_batches" not in key for key in statistics)
-    # float rounding differs between one and two processes and grows in BYOL's two steps to
-    # 3e-4 at most; per-process BatchNorm moves the same weights by 0.01 to 5
-    for key in one:
-        if one[key].is_floating_point():
-            torch.testing.assert_close(two[key], one[key], atol=1e-3, rtol=1e-3, msg=key)
+    floats = [key for key in one if one[key].is_floating_point()]
+    error = max((two[key] - one[key]).abs().max().item() for key in floats)
+    print(f"{framework}: two processes vs one, largest difference {error:.2e}")
+    for key in floats:
+        torch.testing.assert_close(two[key], one[key], atol=TOLERANCE, rtol=TOLERANCE, msg=key)
     losses = {name: logged_losses(tmp_path / name) for name in runs}
-    assert len(losses["one"]) == 2
+    assert len(losses["one"]) == 1
     torch.testing.assert_close(losses["two"], losses["one"], atol=1e-5, rtol=1e-5)
-    if "per_process" in states:
-        gap = max((states["per_process"][key] - one[key]).abs().max() for key in statistics)
-        assert gap > 0.1  # per-process statistics: the test can tell
+    if "per_process" in states:  # the test can tell: per-process BatchNorm misses by far more
+        per_process = states["per_process"]
+        gap = max((per_process[key] - one[key]).abs().max().item() for key in floats)
+        print(f"per-process BatchNorm vs one process, largest difference {gap:.2e}")
+        assert gap > 100 * TOLERANCE
 
 
 def logged_losses(run_dir: Path) -> torch.Tensor:
