@@ -237,7 +237,7 @@ def test_a_subset_list_and_the_backbone_lr_sweep(tmp_path, pretrained, capsys):
     result = json.loads((tmp_path / "run" / "eval" / "finetune_2percent.json").read_text())
     assert result["labelled_images"] == len(names) == 32
     assert set(result["sweep"]) == {"0.01", "0.05"}
-    assert "held-out 10% of the labelled images (3 images" in result["sweep_split"]
+    assert "held-out 10% of the labelled images (3 of 32;" in result["sweep_split"]
     chosen = max([0.01, 0.05], key=lambda lr: (result["sweep"][f"{lr:g}"], -lr))
     assert result["lr"] == chosen and "backbone lr chosen on a held-out" in out
     for lr in ("0.01", "0.05"):  # each candidate is a run of its own, resumable
@@ -274,3 +274,12 @@ def test_two_processes_share_the_batches_and_count_every_evaluation_image(
     logits = features @ final["state_dict"]["head.weight"].T + final["state_dict"]["head.bias"]
     top1 = 100.0 * (logits.argmax(1) == labels).float().mean().item()
     assert result["top1"] == pytest.approx(top1)
+
+
+@pytest.mark.slow
+def test_the_imagenet_batch_on_a_small_folder_says_which_option_to_lower(tmp_path, pretrained):
+    checkpoint = copy_run(pretrained, tmp_path / "run")
+    with pytest.raises(SystemExit, match="64 labelled training images cannot fill one global "
+                       "batch of 256; lower --batch-size"):  # fmt: skip
+        main(command(checkpoint, "linear", "--mode", "paper", "--epochs", "1"))
+    assert not (tmp_path / "run" / "eval" / "linear_paper" / "checkpoints").exists()

@@ -135,9 +135,16 @@ def _splits(
     if launch.workers is not None:
         run.data.num_workers = launch.workers
     train_split, _ = run.splits(None, None)
-    return LabelledSplits(
+    splits = LabelledSplits(
         run.data, train_split, eval_split, protocol.batch_size, train_rows, eval_rows
     )
+    images = len(splits.labels("train"))
+    if images < protocol.batch_size:
+        raise ValueError(
+            f"{images} labelled training images cannot fill one global batch of "
+            f"{protocol.batch_size}; lower --batch-size"
+        )
+    return splits
 
 
 def _classes(splits: LabelledSplits) -> int:
@@ -249,8 +256,8 @@ def streaming_finetune(
         chosen = max(sweep, key=lambda lr: (scores[f"{lr:g}"], -lr))
         protocol = ClassifierProtocol(**{**asdict(protocol), "backbone_lr": chosen})
         where = (
-            f"a held-out {HOLDOUT_FRACTION:.0%} of the labelled images ({len(held)} images; "
-            f"trained on the other {len(kept)})"
+            f"a held-out {HOLDOUT_FRACTION:.0%} of the labelled images ({len(held)} of "
+            f"{len(labelled)}; the candidates trained on the other {len(kept)})"
         )
     eval_rows = _subset_rows(run, eval_split, eval_subset)
     splits = _splits(run, protocol, launch, eval_split, labelled, eval_rows)

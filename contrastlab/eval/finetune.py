@@ -145,7 +145,7 @@ class FinetuneResult:
             rates += f"{self.batch_size}"
         if self.sweep:
             tried = ", ".join(f"{lr}: {top1:.1f}%" for lr, top1 in self.sweep.items())
-            rates += f" (backbone lr chosen on {self.sweep_split}: {tried})"
+            rates += f"; backbone lr chosen on {self.sweep_split}: {tried}"
         best = ""
         if self.best_epoch is not None:
             best = (
