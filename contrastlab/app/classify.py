@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from contrastlab.app.console import note
 from contrastlab.app.fit import RunDirectoryError, RunProgressBar
@@ -93,7 +94,7 @@ def train_classifier(
         check_resumable(last, checkpoint, module.protocol)
         io.preloaded[last.resolve()] = checkpoint
         note(f"resuming {last} at epoch {checkpoint.get('epoch')}")
-    if world()[0] == 0:
+    if rank_zero_only.rank == 0:  # from the launcher's environment: no process group yet
         remove_stale_temporaries(run_dir / "checkpoints")
     callbacks: list[pl.Callback] = [RunCheckpoint()]
     if launch.progress:
