@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.distributed import world
-from contrastlab.eval.linear import probe_augment, step_schedule
+from contrastlab.eval.linear import PAPER_PROBE, probe_augment, step_schedule
 from contrastlab.methods.base import restore_rng_states, rng_states, unpack
 from contrastlab.models.splitbn import SplitBatchNorm
 from contrastlab.views.augment import Augment, ViewSampler, eval_view
@@ -62,7 +62,7 @@ class ClassifierProtocol:
             raise ValueError(f"schedule {self.schedule!r}: expected 'step' or 'cosine'")
 
 
-PAPER_LINEAR_FOLDER = ClassifierProtocol(frozen=True, epochs=100, head_lr=30.0, batch_size=256)
+PAPER_LINEAR_FOLDER = ClassifierProtocol(True, 100, *PAPER_PROBE["folder"])
 """MoCo's ``main_lincls.py`` and SynCo's ``scripts/lineval_*`` on ImageNet: lr 30, batch 256,
 100 epochs, x0.1 at 60 and 80, momentum 0.9, no weight decay."""
 
