@@ -67,7 +67,15 @@ COMMON_REQUIRED = (
 )
 FRAMEWORK_REQUIRED = {
     "MoCoV2": ("queue_size", "momentum", "temperature", "proj_hidden", "proj_dim", "symmetric"),
-    "SimCLR": ("temperature", "base_temperature", "proj_hidden", "proj_dim"),
+    "SimCLR": (
+        "temperature",
+        "base_temperature",
+        "loss_scale",
+        "proj_hidden",
+        "proj_dim",
+        "proj_batch_norm",
+        "proj_out_bn",
+    ),
     "BYOL": (
         "proj_hidden",
         "proj_dim",

@@ -10,10 +10,32 @@ from torch import nn
 
 from contrastlab.methods.base import check_batchnorm
 from contrastlab.models.globalbn import GlobalBatchNorm, globalise_batchnorm
+from contrastlab.models.heads import batch_norm_1d
 from contrastlab.models.splitbn import SplitBatchNorm
 from contrastlab.options import OptionError
 
-SHAPES = {"2d": (12, 5, 3, 4), "1d": (12, 5)}
+SHAPES = {"2d": (12, 5, 3, 4), "1d": (12, 5), "1d_scale": (12, 5)}
+"""Images, head features, and head features through a BatchNorm without a shift (SimCLR's
+reference head)."""
+
+
+def plain_norm(kind: str) -> nn.Module:
+    if kind == "2d":
+        return nn.BatchNorm2d(SHAPES[kind][1])
+    return batch_norm_1d(SHAPES[kind][1], shift=kind != "1d_scale")
+
+
+def set_parameters(norm: nn.Module, channels: int) -> None:
+    norm.weight.data = torch.linspace(0.5, 1.5, channels)
+    if norm.bias is not None:
+        norm.bias.data = torch.linspace(-1, 1, channels)
+
+
+def gradients(norm: nn.Module) -> dict[str, torch.Tensor]:
+    grads = {"weight_grad": norm.weight.grad}
+    if norm.bias is not None:
+        grads["bias_grad"] = norm.bias.grad
+    return grads
 
 
 def inputs(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,20 +45,19 @@ def inputs(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(shape, generator=g) * 3 + 5, torch.randn(shape, generator=g)
 
 
-def reference(shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """One process, plain BatchNorm (affine, momentum 0.1) over the whole batch."""
+def reference(kind: str) -> dict[str, torch.Tensor]:
+    """One process, plain BatchNorm (momentum 0.1) over the whole batch."""
+    shape = SHAPES[kind]
     x, r = inputs(shape)
-    norm = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1])
-    norm.weight.data = torch.linspace(0.5, 1.5, shape[1])
-    norm.bias.data = torch.linspace(-1, 1, shape[1])
+    norm = plain_norm(kind)
+    set_parameters(norm, shape[1])
     x.requires_grad_(True)
     y = norm(x)
     (y * r).sum().backward()
     return {
         "y": y.detach(),
         "x_grad": x.grad,
-        "weight_grad": norm.weight.grad,
-        "bias_grad": norm.bias.grad,
+        **gradients(norm),
         "running_mean": norm.running_mean,
         "running_var": norm.running_var,
     }
@@ -45,27 +66,26 @@ def reference(shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
 def _halves(rank: int, world: int) -> dict[str, torch.Tensor]:
     return {
         f"{kind}/{name}": value
-        for kind, shape in SHAPES.items()
-        for name, value in _half(rank, world, shape).items()
+        for kind in SHAPES
+        for name, value in _half(rank, world, kind).items()
     }
 
 
-def _half(rank: int, world: int, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def _half(rank: int, world: int, kind: str) -> dict[str, torch.Tensor]:
+    shape = SHAPES[kind]
     x, r = inputs(shape)
     part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-    plain = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1])
-    norm = globalise_batchnorm(nn.Sequential(plain))[0]
+    norm = globalise_batchnorm(nn.Sequential(plain_norm(kind)))[0]
     assert isinstance(norm, GlobalBatchNorm)
-    norm.weight.data = torch.linspace(0.5, 1.5, shape[1])
-    norm.bias.data = torch.linspace(-1, 1, shape[1])
+    assert (norm.bias is None) == (kind == "1d_scale")
+    set_parameters(norm, shape[1])
     mine = x[part].clone().requires_grad_(True)
     y = norm(mine)
     (y * r[part]).sum().backward()
     return {
         "y": y.detach(),
         "x_grad": mine.grad,
-        "weight_grad": norm.weight.grad,
-        "bias_grad": norm.bias.grad,
+        **gradients(norm),
         "running_mean": norm.running_mean.clone(),
         "running_var": norm.running_var.clone(),
     }
@@ -78,16 +98,20 @@ def test_two_processes_normalise_as_one_batchnorm_over_the_whole_batch(tmp_path)
     does for any loss that is a mean over processes); running statistics: equal on both, and to
     the one's."""
     both = in_two_processes(tmp_path, _halves)
-    for kind, shape in SHAPES.items():
-        halves = [{k.split("/")[1]: v for k, v in r.items() if k.startswith(kind)} for r in both]
-        check_halves(halves, reference(shape))
+    for kind in SHAPES:
+        halves = [
+            {k.split("/")[1]: v for k, v in r.items() if k.split("/")[0] == kind} for r in both
+        ]
+        check_halves(halves, reference(kind))
 
 
 def check_halves(ranks: list[dict[str, torch.Tensor]], one: dict[str, torch.Tensor]) -> None:
     for key in ("y", "x_grad"):
         torch.testing.assert_close(torch.cat([r[key] for r in ranks]), one[key], msg=key)
+    assert ranks[0].keys() == one.keys()
     for key in ("weight_grad", "bias_grad"):
-        torch.testing.assert_close(ranks[0][key] + ranks[1][key], one[key], msg=key)
+        if key in one:
+            torch.testing.assert_close(ranks[0][key] + ranks[1][key], one[key], msg=key)
     for key in ("running_mean", "running_var"):
         for rank in ranks:
             torch.testing.assert_close(rank[key], one[key], msg=key)

@@ -105,8 +105,11 @@ def test_a_reference_must_fix_every_setting_that_defines_the_recipe(scratch_conf
         "model.class",
         "model.temperature",
         "model.base_temperature",
+        "model.loss_scale",
         "model.proj_hidden",
         "model.proj_dim",
+        "model.proj_batch_norm",
+        "model.proj_out_bn",
     }
 
 
@@ -226,6 +229,98 @@ def test_the_simclr_step_without_the_base_temperature_is_another_step():
         after = torch.cat([p.detach().flatten() for p in model.head.parameters()])
         moved.append((after - start).norm().item())
     assert moved[0] == pytest.approx(moved[1] * 0.5 / 0.07, rel=0.05)
+
+
+def simclr_reference_loss(hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's objective.py add_contrastive_loss on one core, as its file computes it: each
+    view's rows against the other view (``ab``) and its own (``aa``, the diagonal pushed down by
+    LARGE_NUM), ``loss_a + loss_b``, each the mean over ``B`` rows."""
+    h1, h2 = F.normalize(hidden, dim=-1).chunk(2)
+    n = len(h1)
+    large = torch.eye(n) * 1e9
+    labels = torch.arange(n)
+    loss_a = F.cross_entropy(
+        torch.cat([h1 @ h2.T / temperature, h1 @ h1.T / temperature - large], 1), labels
+    )
+    loss_b = F.cross_entropy(
+        torch.cat([h2 @ h1.T / temperature, h2 @ h2.T / temperature - large], 1), labels
+    )
+    return loss_a + loss_b
+
+
+class SimCLRReferenceHead(nn.Module):
+    """model_util.py projection_head ('nonlinear', num_nlh_layers 1) from linear_layer: dense
+    without bias -> BN (scale, shift) -> ReLU -> dense without bias -> BN (scale, no shift)."""
+
+    def __init__(self, width: int, out: int) -> None:
+        super().__init__()
+        self.dense0, self.norm0 = nn.Linear(width, width, bias=False), nn.BatchNorm1d(width)
+        self.dense1, self.norm1 = (
+            nn.Linear(width, out, bias=False),
+            nn.BatchNorm1d(out, affine=False),
+        )
+        self.gamma1 = nn.Parameter(torch.ones(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm1(self.dense1(F.relu(self.norm0(self.dense0(x))))) * self.gamma1
+
+    def load_from(self, head: nn.Sequential) -> None:
+        """Our head's weights, by layer (our state-dict names are not the reference's)."""
+        self.dense0.weight.data = head[0].weight.detach().clone()
+        self.norm0.weight.data = head[1].weight.detach().clone()
+        self.norm0.bias.data = head[1].bias.detach().clone()
+        self.dense1.weight.data = head[3].weight.detach().clone()
+        self.gamma1.data = head[4].weight.detach().clone()
+
+
+def test_the_imagenet_simclr_head_and_loss_are_the_authors():
+    """imagenet/simclr: the head is the reference's (a shift-free last BatchNorm, no biases
+    anywhere but the first BatchNorm), and the loss is objective.py's ``loss_a + loss_b``, twice
+    the NT-Xent mean over 2B (loss_scale 2)."""
+    torch.manual_seed(0)
+    model = preset_model("imagenet/simclr")
+    head = model.head
+    with torch.no_grad():  # learnt values differ from their starting ones: any must flow through
+        head[1].weight.uniform_(0.5, 1.5)
+        head[1].bias.uniform_(-1, 1)
+        head[4].weight.uniform_(0.5, 1.5)
+    assert head[4].bias is None and "head.4.bias" not in model.state_dict()
+    assert head[0].bias is None and head[3].bias is None
+    theirs = SimCLRReferenceHead(2048, 128)
+    theirs.load_from(head)
+    x = torch.randn(16, 2048)
+    torch.testing.assert_close(head(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+    views = [torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)]
+    loss = model.contrastive_loss(views, torch.arange(4), torch.zeros(4))
+    reference = simclr_reference_loss(theirs(model.backbone(torch.cat(views))), 0.1)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    model.hparams["loss_scale"] = 1.0  # the comparison can tell: without it, half the loss
+    halved = model.contrastive_loss(views, torch.arange(4), torch.zeros(4))
+    torch.testing.assert_close(halved, reference / 2, atol=1e-5, rtol=1e-5)
+
+
+def test_the_lightly_simclr_head_is_lightlys():
+    """lightly 1.4.3's SimCLRProjectionHead(512, 512, 128) (the commit its CIFAR-10 table names):
+    BatchNorm after both Linears, both Linears without bias, the last BatchNorm with a shift."""
+    torch.manual_seed(0)
+    ours = preset_model("cifar10/lightly_simclr").head
+    theirs = nn.Sequential(
+        nn.Linear(512, 512, bias=False),
+        nn.BatchNorm1d(512),
+        nn.ReLU(),
+        nn.Linear(512, 128, bias=False),
+        nn.BatchNorm1d(128),
+    )
+    theirs.load_state_dict(ours.state_dict())  # the same names: same layers, same parameters
+    with torch.no_grad():
+        theirs[4].weight.uniform_(0.5, 1.5)
+        theirs[4].bias.uniform_(-1, 1)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(16, 512)
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    plain = preset_model("cifar10/simclr").head
+    assert isinstance(plain[-1], nn.Linear) and plain[-1].bias is not None
 
 
 # --------------------------------------------------------------------------- schedules

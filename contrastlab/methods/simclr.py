@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from contrastlab.distributed import gather_with_grad, world
@@ -21,11 +23,17 @@ class SimCLR(ContrastiveMethod):
     Args:
         proj_hidden, proj_dim: MLP head ``feature_dim -> proj_hidden -> proj_dim``.
         proj_batch_norm: BatchNorm in the head's hidden layer.
+        proj_out_bn: BatchNorm after the head's last Linear, which then has no bias: ``full``
+            (scale and shift, lightly's ``SimCLRProjectionHead`` since 1.4.3), ``scale`` (no
+            shift, SimCLR's reference head), ``none``.
         temperature: ``T`` (0.5 on CIFAR).
         base_temperature: when set, the loss is multiplied by ``T / base_temperature``, as
             the ContrastiveCrop authors' ``NT_Xent_dist`` does (0.5 / 0.07 = 7.14 in their
             recipes). With SGD a loss scale ``c`` at ``(lr, wd)`` equals ``(c lr, wd / c)``
             unscaled, so this is part of their learning rate; ``None``: no scale.
+        loss_scale: a further factor on the loss: 2 is SimCLR's reference, which adds the mean
+            over each view's ``B`` rows, ``loss_a + loss_b``, where NT-Xent above takes the mean
+            over all ``2B``.
         synthetic: synthetic hard negatives made from each view's hardest in-batch negatives
             (its own column and its positive excluded); their logits join the denominator.
         synthetic_warmup_epochs: epochs of plain SimCLR before synthetics start.
@@ -40,8 +48,10 @@ class SimCLR(ContrastiveMethod):
         proj_hidden: int = 512,
         proj_dim: int = 128,
         proj_batch_norm: bool = False,
+        proj_out_bn: Literal["none", "full", "scale"] = "none",
         temperature: float = 0.5,
         base_temperature: float | None = None,
+        loss_scale: float = 1.0,
         synthetic: SyntheticNegatives | None = None,
         synthetic_warmup_epochs: float = 10.0,
         bn_splits: int = 1,
@@ -57,7 +67,13 @@ class SimCLR(ContrastiveMethod):
             synthetic = SyntheticNegatives(**synthetic)
         self.synthetic = synthetic
         self.hparams["synthetic"] = synthetic.config() if synthetic is not None else None
-        self.head = mlp_head(self.backbone.feature_dim, proj_hidden, proj_dim, proj_batch_norm)
+        self.head = mlp_head(
+            self.backbone.feature_dim,
+            proj_hidden,
+            proj_dim,
+            proj_batch_norm,
+            out_batch_norm=proj_out_bn,
+        )
 
     @property
     def synthesis_active(self) -> bool:
@@ -81,10 +97,11 @@ class SimCLR(ContrastiveMethod):
                 excluded[torch.arange(len(z), device=z.device), positives] = True
                 synthetic_logits = self.synthetic(z, bank, z @ bank.T, excluded)
             loss = ntxent_loss(logits, positives, self.hparams.temperature, synthetic_logits)
-            return loss * self.loss_scale
+            return loss * self.loss_factor
 
     @property
-    def loss_scale(self) -> float:
-        """``T / base_temperature`` (1 without a base temperature)."""
+    def loss_factor(self) -> float:
+        """``loss_scale * T / base_temperature`` (``loss_scale`` without a base temperature)."""
         base = self.hparams.get("base_temperature")
-        return 1.0 if base is None else self.hparams.temperature / base
+        scale = self.hparams.get("loss_scale", 1.0)  # absent from older checkpoints
+        return scale if base is None else scale * self.hparams.temperature / base

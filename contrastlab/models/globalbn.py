@@ -49,8 +49,10 @@ class GlobalBatchNorm(_BatchNorm):
         self._update_running_statistics(mean.detach(), var.detach(), total.detach())
         shape = [1, channels] + [1] * (x.dim() - 2)
         y = (values - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:  # absent where a head's last BatchNorm has no shift
+            y = y + self.bias.view(shape)
         return y.to(x.dtype)
 
     @torch.no_grad()

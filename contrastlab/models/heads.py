@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+OUT_BATCH_NORMS = ("none", "full", "scale")
+"""What may follow a head's last Linear: nothing, BatchNorm with scale and shift, or BatchNorm
+with a scale only (see :func:`mlp_head`)."""
+
 
 def mlp_head(
     in_dim: int,
@@ -11,18 +15,42 @@ def mlp_head(
     out_dim: int,
     batch_norm: bool = False,
     out_bias: bool = True,
+    out_batch_norm: str = "none",
 ) -> nn.Sequential:
     """MoCo v2 / SimCLR projection head:
-    ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out)``, the last Linear with a bias
-    unless ``out_bias`` is false (BYOL's reference); with ``hidden_dim=None`` the linear head
-    ``Linear(in, out)`` of MoCo v1 and MoCo's CIFAR-10 demo."""
+    ``Linear(in, hidden) [-> BN] -> ReLU -> Linear(hidden, out) [-> BN]``, the last Linear with a
+    bias unless ``out_bias`` is false (BYOL's reference) or a BatchNorm follows it; with
+    ``hidden_dim=None`` the linear head ``Linear(in, out)`` of MoCo v1 and MoCo's CIFAR-10 demo.
+
+    ``out_batch_norm``: ``"full"`` normalises the output with a learnt scale and shift
+    (lightly's ``SimCLRProjectionHead`` since 1.4.3), ``"scale"`` with a learnt scale and no
+    shift (SimCLR's reference, ``center=False``), ``"none"`` not at all."""
+    if out_batch_norm not in OUT_BATCH_NORMS:
+        raise ValueError(
+            f"out_batch_norm = {out_batch_norm!r}: expected one of {', '.join(OUT_BATCH_NORMS)}"
+        )
+    normalised = out_batch_norm != "none"
+    out_layers: list[nn.Module] = [
+        nn.Linear(hidden_dim or in_dim, out_dim, out_bias and not normalised)
+    ]
+    if normalised:
+        out_layers.append(batch_norm_1d(out_dim, shift=out_batch_norm == "full"))
     if hidden_dim is None:
-        return nn.Sequential(nn.Linear(in_dim, out_dim, bias=out_bias))
+        return nn.Sequential(*out_layers)
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=not batch_norm)]
     if batch_norm:
         layers.append(nn.BatchNorm1d(hidden_dim))
-    layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim, bias=out_bias)]
-    return nn.Sequential(*layers)
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers, *out_layers)
+
+
+def batch_norm_1d(features: int, shift: bool = True) -> nn.BatchNorm1d:
+    """``BatchNorm1d`` with a learnt scale, and a learnt shift unless ``shift`` is false (then
+    no ``bias`` parameter exists: ``y = (x - mean) / sqrt(var + eps) * weight``)."""
+    norm = nn.BatchNorm1d(features)
+    if not shift:
+        norm.bias = None  # F.batch_norm takes bias=None; nothing to decay or synchronise
+    return norm
 
 
 def simsiam_projector(
