@@ -26,7 +26,6 @@ MOVED: dict[str, tuple[str, ...]] = {
     "contrastlab.figures": ("contrastlab.app.figures",),
     "contrastlab.export": ("contrastlab.app.export", "contrastlab.models.exported"),
     "contrastlab.reproduce": ("contrastlab.app.reproduce",),
-    "contrastlab.transfer": ("contrastlab.models.exported",),
     "contrastlab.runs.checks": ("contrastlab.options",),
     "contrastlab.views.boxes": ("contrastlab.views.contrastive_crop",),
     "contrastlab.views.localize": ("contrastlab.views.contrastive_crop",),

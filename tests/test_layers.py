@@ -31,7 +31,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
         ("contrastlab.data", "contrastlab.views", "contrastlab.models", "contrastlab.negatives"),
     ),
     ("methods", ("contrastlab.methods",)),
-    ("measures and runs", ("contrastlab.eval", "contrastlab.runs")),
+    ("measures and runs", ("contrastlab.eval", "contrastlab.runs", "contrastlab.transfer")),
     ("recipes", ("contrastlab.presets",)),
     ("application", ("contrastlab.app", "contrastlab.__main__")),
 ]
@@ -93,7 +93,17 @@ def test_the_package_lists_the_two_floors():
     """``ls contrastlab/``: the library's packages and small shared modules, and ``app/``."""
     top = {p.name for p in PACKAGE.iterdir() if not p.name.startswith(("_", "."))}
     top.discard("configs")
-    expected = {"app", "data", "eval", "methods", "models", "negatives", "runs", "views"}
+    expected = {
+        "app",
+        "data",
+        "eval",
+        "methods",
+        "models",
+        "negatives",
+        "runs",
+        "transfer",
+        "views",
+    }
     shared = {f"{name.split('.')[-1]}.py" for name in FLOORS[0][1][1:]} | {"presets.py"}
     assert top == expected | shared
 

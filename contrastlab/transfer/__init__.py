@@ -1,0 +1,36 @@
+"""Detection transfer: the papers' PASCAL VOC and COCO protocols on torchvision's detectors.
+
+``voc``: the PASCAL VOC reader (``Annotations/*.xml``, ``ImageSets/Main/*.txt``, difficult
+flags, 07+12 combined), every malformed annotation an error naming the file and the object.
+``metrics``: VOC AP (the VOC07 11-point AP per class, AP50, AP75 and the mean over IoU
+0.50:0.95) as detectron2's ``PascalVOCDetectionEvaluator`` computes the papers' numbers.
+
+Plain PyTorch and NumPy (no Lightning). The detector built around an exported backbone,
+``faster_rcnn_from_export``, lives in :mod:`contrastlab.models.exported`; its old name here
+still works, with a ``DeprecationWarning``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+_MOVED_TO_EXPORTED = (
+    "faster_rcnn_from_export",
+    "torchvision_resnet",
+    "timm_resnet",
+    "timm_backbone",
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_EXPORTED:
+        warnings.warn(
+            f"contrastlab.transfer.{name} moved to contrastlab.models.exported; "
+            "the old name will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from contrastlab.models import exported
+
+        return getattr(exported, name)
+    raise AttributeError(f"module 'contrastlab.transfer' has no attribute {name!r}")

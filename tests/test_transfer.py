@@ -1,0 +1,297 @@
+"""Detection transfer: the VOC reader on a devkit the tests write in the official layout, every
+malformed annotation refused by name, and VOC AP against values worked out by hand."""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastlab.transfer.metrics import (
+    RECALL_POINTS,
+    area_ap,
+    class_ap,
+    class_detections,
+    eleven_point_ap,
+    pixel_iou,
+    voc_detection_ap,
+)
+from contrastlab.transfer.voc import (
+    TEST_SPLITS,
+    TRAIN_SPLITS,
+    VOC_CLASSES,
+    VocError,
+    VocImage,
+    VocObject,
+    read_voc,
+)
+
+# --------------------------------------------------------------------------- a devkit
+
+
+def write_annotation(
+    folder: Path,
+    image_id: str,
+    objects: list[dict],
+    size: tuple[int, int] = (64, 48),
+) -> Path:
+    """One ``Annotations/<id>.xml`` as the devkit writes it, and its JPEG."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
+    size_element = ET.SubElement(root, "size")
+    for name, value in zip(("width", "height", "depth"), (*size, 3), strict=True):
+        ET.SubElement(size_element, name).text = str(value)
+    for spec in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = spec["name"]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        if "difficult" in spec:
+            ET.SubElement(obj, "difficult").text = str(spec["difficult"])
+        box = ET.SubElement(obj, "bndbox")
+        for name, value in zip(("xmin", "ymin", "xmax", "ymax"), spec["box"], strict=True):
+            ET.SubElement(box, name).text = str(value)
+    (folder / "Annotations").mkdir(parents=True, exist_ok=True)
+    (folder / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    path = folder / "Annotations" / f"{image_id}.xml"
+    ET.ElementTree(root).write(path)
+    Image.new("RGB", size, (90, 120, 30)).save(folder / "JPEGImages" / f"{image_id}.jpg")
+    return path
+
+
+def write_split(folder: Path, split: str, ids: list[str]) -> None:
+    (folder / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (folder / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+@pytest.fixture
+def devkit(tmp_path: Path) -> Path:
+    """VOC2007 (trainval: 2 images, test: 1) and VOC2012 (trainval: 1 image)."""
+    root = tmp_path / "VOCdevkit"
+    voc07, voc12 = root / "VOC2007", root / "VOC2012"
+    write_annotation(voc07, "000005", [{"name": "chair", "box": (1, 2, 30, 40), "difficult": 0}])
+    write_annotation(
+        voc07,
+        "000007",
+        [
+            {"name": "car", "box": (5, 6, 64, 48), "difficult": 1},
+            {"name": "person", "box": (10, 10, 20, 20), "difficult": 0},
+        ],
+    )
+    write_annotation(voc07, "000001", [{"name": "dog", "box": (1, 1, 64, 48), "difficult": 0}])
+    write_annotation(voc12, "2008_000008", [{"name": "horse", "box": (3, 4, 50, 44)}])
+    write_split(voc07, "trainval", ["000005", "000007"])
+    write_split(voc07, "test", ["000001"])
+    write_split(voc12, "trainval", ["2008_000008"])
+    return root
+
+
+def test_voc07_and_12_trainval_read_in_split_order_with_flags_and_boxes(devkit):
+    images = read_voc(devkit, TRAIN_SPLITS)
+    assert [(i.year, i.image_id) for i in images] == [
+        ("2007", "000005"),
+        ("2007", "000007"),
+        ("2012", "2008_000008"),
+    ]
+    second = images[1]
+    assert (second.width, second.height) == (64, 48)
+    assert second.path == devkit / "VOC2007" / "JPEGImages" / "000007.jpg"
+    assert [VOC_CLASSES[o.label] for o in second.objects] == ["car", "person"]
+    assert second.difficult().tolist() == [True, False]
+    # the XML's 1-based inclusive pixels -> continuous 0-based boxes (xmin - 1, ymin - 1, ...)
+    assert second.boxes().tolist() == [[4, 5, 64, 48], [9, 9, 20, 20]]
+    assert images[2].objects[0].difficult is False  # no <difficult>: 0, as VOC2012's objects
+    test = read_voc(devkit, TEST_SPLITS)
+    assert [i.image_id for i in test] == ["000001"]
+    assert test[0].boxes().tolist() == [[0, 0, 64, 48]]  # the whole 64x48 image
+
+
+def break_object(devkit: Path, spec: dict) -> None:
+    write_annotation(devkit / "VOC2007", "000005", [{"name": "chair", "box": (1, 2, 30, 40)}, spec])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "kitten", "box": (1, 1, 5, 5)}, "object 1 (kitten): class 'kitten' is not one"),
+        ({"name": "cat", "box": (1, 1, "x", 5)}, "object 1 (cat): <xmax> is 'x', not a number"),
+        ({"name": "cat", "box": (1, 1, 5, "nan")}, "<ymax> is 'nan', not a finite number"),
+        ({"name": "cat", "box": (9, 1, 5, 5)}, "box (xmin 9, ymin 1, xmax 5, ymax 5) is not"),
+        ({"name": "cat", "box": (1, 1, 65, 5)}, "is not inside the 64x48 image"),
+        ({"name": "cat", "box": (1, 1, 5, 5), "difficult": 2}, "<difficult> is '2'; expected"),
+    ],
+)
+def test_a_malformed_object_is_refused_naming_file_object_and_fault(devkit, spec, message):
+    break_object(devkit, spec)
+    with pytest.raises(VocError) as error:
+        read_voc(devkit, TRAIN_SPLITS)
+    assert str(error.value).startswith(str(devkit / "VOC2007" / "Annotations" / "000005.xml"))
+    assert message in str(error.value)
+
+
+def test_missing_files_sizes_and_bad_xml_are_refused_by_name(devkit):
+    voc07 = devkit / "VOC2007"
+    (voc07 / "JPEGImages" / "000007.jpg").unlink()
+    with pytest.raises(VocError, match=r"000007\.jpg: image file not found"):
+        read_voc(devkit, TRAIN_SPLITS)
+    write_split(voc07, "trainval", ["000005", "000099"])
+    with pytest.raises(VocError, match=r"000099\.xml: annotation file not found"):
+        read_voc(devkit, TRAIN_SPLITS)
+    write_split(voc07, "trainval", ["000005", "000005"])
+    with pytest.raises(VocError, match=r"trainval\.txt: image ids listed twice: 000005"):
+        read_voc(devkit, TRAIN_SPLITS)
+    with pytest.raises(VocError, match=r"VOC2007/ImageSets/Main/val\.txt: split file not found"):
+        read_voc(devkit, [("2007", "val")])
+    write_split(voc07, "trainval", ["000005"])
+    path = voc07 / "Annotations" / "000005.xml"
+    path.write_text(path.read_text().replace("<width>64</width>", "<width>6.5</width>"))
+    with pytest.raises(VocError, match=r"000005\.xml: <size><width> is '6\.5', not a whole"):
+        read_voc(devkit, TRAIN_SPLITS)
+    path.write_text("<annotation><size>")
+    with pytest.raises(VocError, match=r"000005\.xml: not valid XML"):
+        read_voc(devkit, TRAIN_SPLITS)
+    with pytest.raises(VocError, match="no such folder"):
+        read_voc(devkit / "nowhere")
+
+
+def test_the_old_detector_name_still_imports_with_a_warning():
+    import contrastlab.transfer as transfer
+    from contrastlab.models.exported import faster_rcnn_from_export
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert transfer.faster_rcnn_from_export is faster_rcnn_from_export
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+# --------------------------------------------------------------------------- VOC AP
+
+
+CLASSES = ("cat", "dog")
+CAT = ("cat",)  # the same label 0: a one-class evaluation of the cats
+
+
+def image(image_id: str, *objects: tuple[str, tuple[int, int, int, int], bool]) -> VocImage:
+    """An image of 200 x 200 with ``(class, XML box, difficult)`` objects."""
+    made = tuple(VocObject(CLASSES.index(c), box, d) for c, box, d in objects)
+    return VocImage("2007", image_id, Path(f"{image_id}.jpg"), 200, 200, made)
+
+
+def detections(*found: tuple[str, tuple[float, float, float, float], float]) -> dict:
+    """A detector's output: ``(class, XML box, score)`` turned into its 0-based boxes."""
+    boxes = [(x0 - 1, y0 - 1, x1, y1) for _, (x0, y0, x1, y1), _ in found]
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor([s for *_, s in found]),
+        "labels": torch.tensor([CLASSES.index(c) for c, *_ in found], dtype=torch.int64),
+    }
+
+
+def test_perfect_detections_score_100_at_every_threshold():
+    images = [
+        image("a", ("cat", (1, 1, 100, 100), False), ("dog", (50, 60, 150, 190), False)),
+        image("b", ("cat", (20, 30, 40, 50), False)),
+    ]
+    found = [
+        detections(("cat", (1, 1, 100, 100), 0.9), ("dog", (50, 60, 150, 190), 0.8)),
+        detections(("cat", (20, 30, 40, 50), 0.7)),
+    ]
+    result = voc_detection_ap(images, found, classes=CLASSES)
+    assert (result["AP"], result["AP50"], result["AP75"]) == (100.0, 100.0, 100.0)
+
+
+def test_a_miss_and_a_false_positive_give_six_of_eleven_points():
+    """Two cats; the best detection finds one, the next is elsewhere, the second cat is missed:
+    recall 1/2, 1/2 at precision 1, 1/2. Points r = 0 ... 0.5 reach precision 1: 6/11."""
+    images = [
+        image("a", ("cat", (1, 1, 100, 100), False)),
+        image("b", ("cat", (1, 1, 50, 50), False)),
+    ]
+    found = [
+        detections(("cat", (1, 1, 100, 100), 0.9), ("cat", (120, 120, 190, 190), 0.8)),
+        detections(),
+    ]
+    result = voc_detection_ap(images, found, classes=CAT)
+    assert result["AP50"] == pytest.approx(100 * 6 / 11)
+    assert result["AP"] == pytest.approx(100 * 6 / 11)  # an exact box: every threshold alike
+    # the area under the curve (VOC2010+): 0.5 x 1 + 0.5 x 0
+    assert voc_detection_ap(images, found, classes=CAT, use_07_metric=False)["AP50"] == 50.0
+
+
+def test_an_overlap_of_six_tenths_counts_at_050_and_055_only():
+    """Cat (1, 1, 100, 100) is 100 x 100 pixels; the detection (1, 1, 100, 60) covers 100 x 60
+    of them: IoU 0.6, a hit while 0.6 > t: t = 0.50, 0.55 (0.60 is not exceeded). AP is the
+    mean over ten thresholds: 2 x 100 / 10 = 20; AP50 100; AP75 0."""
+    images = [image("a", ("cat", (1, 1, 100, 100), False))]
+    found = [detections(("cat", (1, 1, 100, 60), 0.9))]
+    assert pixel_iou(np.array([1, 1, 100, 60.0]), np.array([[1, 1, 100, 100.0]]))[0] == 0.6
+    result = voc_detection_ap(images, found, classes=CAT)
+    assert (result["AP"], result["AP50"], result["AP75"]) == (20.0, 100.0, 0.0)
+
+
+def test_pixel_overlap_counts_inclusive_pixels():
+    """(1, 1, 2, 2) is 2 x 2 = 4 pixels; (2, 2, 3, 3) shares pixel (2, 2): 1 / (4 + 4 - 1)."""
+    iou = pixel_iou(np.array([1, 1, 2, 2.0]), np.array([[2, 2, 3, 3.0], [5, 5, 6, 6.0]]))
+    assert iou.tolist() == [1 / 7, 0.0]
+
+
+def test_difficult_boxes_are_neither_found_nor_missed_and_duplicates_are_false():
+    """Two cats, the second difficult. Detections by score: the difficult one (ignored), the
+    easy one (true), the easy one again (false: taken). npos = 1: recall 1, 1 at precision
+    1, 1/2 -> every point reaches precision 1: AP 100. Without the flag, npos = 2 and the
+    difficult box's detection is a true positive first: recall 1/2, 1, 1 at precision 1."""
+    easy, hard = (1, 1, 100, 100), (120, 120, 180, 180)
+    found = [detections(("cat", hard, 0.95), ("cat", easy, 0.9), ("cat", easy, 0.5))]
+    flagged = [image("a", ("cat", easy, False), ("cat", hard, True))]
+    assert voc_detection_ap(flagged, found, classes=CAT)["AP50"] == 100.0
+    truth = [(np.array([easy, hard], dtype=float), np.array([False, True]))]
+    found_once = class_detections(found, 0)
+    assert class_ap(truth, found_once, 0.5) == 1.0
+    unflagged = [image("a", ("cat", easy, False), ("cat", hard, False))]
+    assert voc_detection_ap(unflagged, found, classes=CAT)["AP50"] == 100.0
+    # the duplicate ranked first and the easy box missed: a false positive before any true one
+    swapped = [detections(("cat", hard, 0.95), ("cat", hard, 0.9))]
+    result = voc_detection_ap(unflagged, swapped, classes=CAT)
+    assert result["AP50"] == pytest.approx(100 * 6 / 11)  # recall 1/2 at precision 1, then 1/2
+
+
+def test_a_class_without_boxes_counts_as_zero_in_the_mean():
+    images = [image("a", ("cat", (1, 1, 100, 100), False))]
+    found = [detections(("cat", (1, 1, 100, 100), 0.9), ("dog", (1, 1, 50, 50), 0.8))]
+    result = voc_detection_ap(images, found, classes=CLASSES)
+    assert result["AP50_per_class"] == {"cat": 100.0, "dog": 0.0}
+    assert result["AP50"] == 50.0
+
+
+def test_the_recall_points_are_detectron2s_float_steps():
+    """np.arange(0, 1.1, 0.1): 0.3 lies above 3/10, so three of ten cats found first (recall
+    0.3 at precision 1) reach the points 0, 0.1, 0.2 only: 3/11, not 4/11."""
+    assert RECALL_POINTS[3] > 0.3 and len(RECALL_POINTS) == 11
+    recall = np.array([0.1, 0.2, 0.3])
+    assert eleven_point_ap(recall, np.ones(3)) == pytest.approx(3 / 11)
+    cats = [image(str(i), ("cat", (1, 1, 10 + i, 10 + i), False)) for i in range(10)]
+    found = [
+        detections(("cat", (1, 1, 10 + i, 10 + i), 0.9)) if i < 3 else detections()
+        for i in range(10)
+    ]
+    assert voc_detection_ap(cats, found, classes=CAT)["AP50"] == pytest.approx(100 * 3 / 11)
+
+
+def test_scores_are_ranked_as_the_evaluator_rounds_them():
+    """Scores 0.90004 and 0.9001 round to 0.900 both: a tie that keeps the order the detections
+    came in, the false one first. Precision 0 then 1/2 at recall 0 then 1: every point reaches
+    1/2, so AP is 1/2 where the unrounded scores would rank the hit first and give 1."""
+    found = class_detections(
+        [detections(("cat", (150, 150, 190, 190), 0.90004), ("cat", (1, 1, 100, 100), 0.9001))],
+        0,
+    )
+    assert found.score.tolist() == [0.9, 0.9]
+    assert found.box.tolist() == [[150, 150, 190, 190], [1, 1, 100, 100]]
+    truth = [(np.array([[1, 1, 100, 100.0]]), np.array([False]))]
+    assert class_ap(truth, found, 0.5) == pytest.approx(0.5)
+    assert area_ap(np.array([0.0, 1.0]), np.array([0.0, 0.5])) == pytest.approx(0.5)
