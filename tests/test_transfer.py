@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
+from torchvision.ops import roi_align
 
+from contrastlab.transfer.detectors import AlignedRoIPool, C4Settings, faster_rcnn_c4
 from contrastlab.transfer.metrics import (
     RECALL_POINTS,
     area_ap,
@@ -295,3 +298,92 @@ def test_scores_are_ranked_as_the_evaluator_rounds_them():
     truth = [(np.array([[1, 1, 100, 100.0]]), np.array([False]))]
     assert class_ap(truth, found, 0.5) == pytest.approx(0.5)
     assert area_ap(np.array([0.0, 1.0]), np.array([0.0, 0.5])) == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- the C4 detector
+
+
+SMALL = C4Settings(
+    train_sizes=(64, 96),
+    test_size=96,
+    max_size=128,
+    rpn_pre_nms_train=200,
+    rpn_post_nms_train=64,
+    rpn_pre_nms_test=200,
+    rpn_post_nms_test=32,
+    roi_batch=32,
+)
+"""Small images and few regions: res5 runs once per region (512 per image by default)."""
+
+
+def resnet18() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None)
+
+
+def test_the_c4_detector_is_the_resnets_own_layers_all_training():
+    resnet = resnet18()
+    model = faster_rcnn_c4(resnet, num_classes=20, settings=SMALL)
+    trunk, head = model.backbone, model.roi_heads.box_head
+    assert [n for n, _ in trunk.named_children()] == [
+        "conv1",
+        "bn1",
+        "relu",
+        "maxpool",
+        "layer1",
+        "layer2",
+        "layer3",
+    ]
+    assert trunk.out_channels == 256 and head.norm.num_features == 512
+    for name, value in resnet.state_dict().items():
+        target = trunk if not name.startswith(("layer4", "fc")) else None
+        if target is not None:
+            assert torch.equal(target.state_dict()[name], value), name
+        elif name.startswith("layer4"):
+            assert torch.equal(head.res5.state_dict()[name[len("layer4.") :]], value), name
+    assert head.res5 is not resnet.layer4  # copied: the ResNet given is left alone
+    norms = [m for m in model.modules() if "BatchNorm" in type(m).__name__]
+    assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)  # none frozen
+    assert all(p.requires_grad for p in model.parameters())
+    predictor = model.roi_heads.box_predictor
+    assert predictor.cls_score.out_features == 21 and predictor.bbox_pred.out_features == 84
+    assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
+    assert model.rpn.head.cls_logits.out_channels == 15
+
+
+def test_regions_are_pooled_with_half_pixel_alignment():
+    features = {"0": torch.randn(1, 4, 12, 12)}
+    boxes = [torch.tensor([[8.0, 8.0, 72.0, 100.0]])]
+    pooled = AlignedRoIPool(14, stride=16)(features, boxes, [(192, 192)])
+    aligned = roi_align(features["0"], boxes, 14, 1 / 16, sampling_ratio=0, aligned=True)
+    unaligned = roi_align(features["0"], boxes, 14, 1 / 16, sampling_ratio=0, aligned=False)
+    assert torch.equal(pooled, aligned) and not torch.allclose(pooled, unaligned)
+
+
+def test_a_training_step_reaches_the_stem_and_evaluation_returns_detections():
+    model = faster_rcnn_c4(resnet18(), num_classes=2, settings=SMALL)
+    images = [torch.rand(3, 60, 80), torch.rand(3, 72, 64)]
+    targets = [
+        {"boxes": torch.tensor([[5.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 30.0]]), "labels": torch.tensor([2])},
+    ]
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    assert model.backbone.bn1.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_the_c4_detector_refuses_a_cifar_stem_and_a_test_size_torchvision_cannot_run():
+    net = resnet18()
+    net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    with pytest.raises(ValueError, match="CIFAR stem"):
+        faster_rcnn_c4(net, num_classes=20, settings=SMALL)
+    with pytest.raises(ValueError, match="must be the last of train_sizes"):
+        faster_rcnn_c4(resnet18(), 20, C4Settings(train_sizes=(64, 96), test_size=80))
