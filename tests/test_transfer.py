@@ -3,6 +3,7 @@ malformed annotation refused by name, and VOC AP against values worked out by ha
 
 from __future__ import annotations
 
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,9 +13,18 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
 
-from contrastlab.transfer.detectors import AlignedRoIPool, C4Settings, faster_rcnn_c4
+from contrastlab.transfer.detectors import (
+    AlignedRoIPool,
+    C4Settings,
+    DetectronBoxHeads,
+    DetectronRPN,
+    box_losses,
+    faster_rcnn_c4,
+    rpn_losses,
+)
 from contrastlab.transfer.metrics import (
     RECALL_POINTS,
     area_ap,
@@ -387,3 +397,53 @@ def test_the_c4_detector_refuses_a_cifar_stem_and_a_test_size_torchvision_cannot
         faster_rcnn_c4(net, num_classes=20, settings=SMALL)
     with pytest.raises(ValueError, match="must be the last of train_sizes"):
         faster_rcnn_c4(resnet18(), 20, C4Settings(train_sizes=(64, 96), test_size=80))
+
+
+def test_rpn_losses_are_detectron2s_sums_over_the_anchors_it_was_to_sample():
+    """Anchors 0..4 labelled positive, negative, ignored, positive, negative; 0, 1, 3 sampled;
+    256 per image and 2 images: BCE(x, y) = log(1 + e^x) - x y summed over the sampled, and
+    |deltas - targets| over the sampled positives 0 and 3, each divided by 512."""
+    x = torch.tensor([0.5, -1.0, 2.0, 1.5, 0.0])
+    y = torch.tensor([1.0, 0.0, -1.0, 1.0, 0.0])
+    deltas = torch.arange(20.0).reshape(5, 4) / 10
+    targets = torch.ones(5, 4)
+    objectness, boxes = rpn_losses(x, deltas, y, targets, torch.tensor([0, 1, 3]), 512)
+    bce = sum(math.log(1 + math.exp(v)) - v * t for v, t in [(0.5, 1), (-1.0, 0), (1.5, 1)])
+    l1 = sum(abs(i / 10 - 1) for i in [0, 1, 2, 3, 12, 13, 14, 15])
+    assert objectness.item() == pytest.approx(bce / 512)
+    assert boxes.item() == pytest.approx(l1 / 512)
+
+
+def test_box_losses_take_each_regions_own_class_deltas_over_all_regions():
+    """Three regions, labels 2, 0 (background), 1 of three classes with background: the mean
+    cross-entropy, and the L1 of region 0's class-2 deltas and region 2's class-1 deltas, / 3."""
+    logits = torch.tensor([[0.1, 0.2, 0.3], [1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    regression = torch.arange(36.0).reshape(3, 12) / 36
+    labels = torch.tensor([2, 0, 1])
+    targets = torch.full((3, 4), 0.5)
+    classification, boxes = box_losses(logits, regression, labels, targets)
+    log_softmax = logits.log_softmax(1)
+    expected_ce = -(log_softmax[0, 2] + log_softmax[1, 0] + log_softmax[2, 1]) / 3
+    assert classification.item() == pytest.approx(expected_ce.item())
+    chosen = [regression[0, 8:12], regression[2, 4:8]]
+    expected_l1 = sum((c - 0.5).abs().sum() for c in chosen) / 3
+    assert boxes.item() == pytest.approx(expected_l1.item())
+
+
+def test_the_detector_trains_on_detectron2s_losses_not_torchvisions():
+    """Few anchors: the RPN samples 8 of the 256 per image it may; detectron2 still divides
+    by 256 x 2, torchvision by the 8 sampled."""
+    model = faster_rcnn_c4(resnet18(), num_classes=2, settings=SMALL)
+    assert type(model.rpn) is DetectronRPN and type(model.roi_heads) is DetectronBoxHeads
+    labels = [torch.tensor([1.0, 0, 0, -1, 1]), torch.tensor([0.0, 1, -1, 0, 0])]
+    objectness = torch.linspace(-1, 1, 10)
+    deltas = torch.linspace(0, 1, 40).reshape(10, 4)
+    targets = [torch.zeros(5, 4), torch.zeros(5, 4)]
+    ours = model.rpn.compute_loss(objectness, deltas, labels, targets)
+    torchvisions = RegionProposalNetwork.compute_loss(
+        model.rpn, objectness, deltas, labels, targets
+    )
+    sampled = torch.tensor([0, 1, 2, 4, 5, 6, 8, 9])
+    expected = rpn_losses(objectness, deltas, torch.cat(labels), torch.cat(targets), sampled, 512)
+    torch.testing.assert_close(torch.stack(ours), torch.stack(expected))
+    assert torchvisions[0].item() == pytest.approx(ours[0].item() * 512 / 8)

@@ -13,7 +13,10 @@ makes it global). torchvision freezes BatchNorm whenever it builds a detector fr
 nothing here does.
 
 Settings that detectron2 sets and torchvision's classes take are in :class:`C4Settings`, with
-detectron2's values; see ``docs/transfer.md`` for what still differs (the losses' forms).
+detectron2's values. The losses are detectron2's too (:func:`rpn_losses`, :func:`box_losses`:
+L1 box regression, ``SMOOTH_L1_BETA 0``; the RPN's sums divided by the anchors it was to
+sample), where torchvision's use smooth L1 with beta 1/9 and divide the RPN's by the anchors it
+did sample.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,6 +93,89 @@ class AlignedRoIPool(MultiScaleRoIAlign):
         )
 
 
+def rpn_losses(
+    objectness: torch.Tensor,
+    deltas: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    sampled: torch.Tensor,
+    normalizer: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """detectron2's RPN losses over the ``sampled`` anchors (positives: ``labels == 1``):
+    ``sum BCE(objectness, label) / normalizer`` and ``sum |deltas - targets|`` over the
+    positives ``/ normalizer``, where ``normalizer`` is the anchors per image to sample times
+    the images (not the number actually sampled)."""
+    positive = sampled[labels[sampled] == 1]
+    objectness_loss = F.binary_cross_entropy_with_logits(
+        objectness[sampled], labels[sampled], reduction="sum"
+    )
+    box_loss = F.l1_loss(deltas[positive], targets[positive], reduction="sum")
+    return objectness_loss / normalizer, box_loss / normalizer
+
+
+def box_losses(
+    class_logits: torch.Tensor,
+    box_regression: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """detectron2's box-head losses over the sampled regions (label 0: background): the mean
+    cross-entropy, and ``sum |deltas[label] - targets|`` over the foreground regions (each
+    region's deltas for its own class) divided by all sampled regions."""
+    classification = F.cross_entropy(class_logits, labels)
+    foreground = torch.where(labels > 0)[0]
+    deltas = box_regression.reshape(len(labels), -1, 4)[foreground, labels[foreground]]
+    regression = F.l1_loss(deltas, targets[foreground], reduction="sum")
+    return classification, regression / max(labels.numel(), 1)
+
+
+class DetectronRPN(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's losses (:func:`rpn_losses`)."""
+
+    def compute_loss(
+        self,
+        objectness: torch.Tensor,
+        pred_bbox_deltas: torch.Tensor,
+        labels: list[torch.Tensor],
+        regression_targets: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        positive, negative = self.fg_bg_sampler(labels)
+        sampled = torch.where(torch.cat(positive) | torch.cat(negative))[0]
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        return rpn_losses(
+            objectness.flatten(),
+            pred_bbox_deltas,
+            torch.cat(labels),
+            torch.cat(regression_targets),
+            sampled,
+            normalizer,
+        )
+
+
+class DetectronBoxHeads(RoIHeads):
+    """torchvision's box head with detectron2's losses (:func:`box_losses`) in training;
+    evaluation is torchvision's (score threshold, per-class NMS, the top detections)."""
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        if targets is None:
+            raise ValueError("training needs targets")
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        regions = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(regions)
+        classification, regression = box_losses(
+            class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets)
+        )
+        return [], {"loss_classifier": classification, "loss_box_reg": regression}
+
+
 class Res5Head(nn.Module):
     """The box head: res5 on the pooled regions, an extra BatchNorm, the spatial mean."""
 
@@ -143,7 +231,7 @@ def faster_rcnn_c4(
     nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
     nn.init.zeros_(predictor.cls_score.bias)
     nn.init.zeros_(predictor.bbox_pred.bias)
-    return FasterRCNN(
+    model = FasterRCNN(
         trunk,
         min_size=settings.train_sizes,
         max_size=settings.max_size,
@@ -171,3 +259,6 @@ def faster_rcnn_c4(
         box_batch_size_per_image=settings.roi_batch,
         box_positive_fraction=settings.roi_positive_fraction,
     )
+    model.rpn.__class__ = DetectronRPN  # the same state and settings, detectron2's losses
+    model.roi_heads.__class__ = DetectronBoxHeads
+    return model
