@@ -16,6 +16,8 @@ from PIL import Image
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
 
+from contrastlab.data.errors import DatasetError
+from contrastlab.transfer.data import DetectionImages
 from contrastlab.transfer.detectors import (
     AlignedRoIPool,
     C4Settings,
@@ -447,3 +449,54 @@ def test_the_detector_trains_on_detectron2s_losses_not_torchvisions():
     expected = rpn_losses(objectness, deltas, torch.cat(labels), torch.cat(targets), sampled, 512)
     torch.testing.assert_close(torch.stack(ours), torch.stack(expected))
     assert torchvisions[0].item() == pytest.approx(ours[0].item() * 512 / 8)
+
+
+# --------------------------------------------------------------------------- images and targets
+
+
+def two_colour_devkit(tmp_path: Path) -> list[VocImage]:
+    """One 64 x 48 JPEG, red left half and blue right half, a cat box over the red half."""
+    voc07 = tmp_path / "VOCdevkit" / "VOC2007"
+    write_annotation(voc07, "000001", [{"name": "cat", "box": (1, 1, 32, 48)}])
+    picture = Image.new("RGB", (64, 48), (0, 0, 255))
+    picture.paste((255, 0, 0), (0, 0, 32, 48))
+    picture.save(voc07 / "JPEGImages" / "000001.jpg", quality=100)
+    write_split(voc07, "test", ["000001"])
+    return read_voc(tmp_path / "VOCdevkit", TEST_SPLITS)
+
+
+def test_an_item_is_the_decoded_photo_and_its_targets_flipped_together(tmp_path):
+    images = two_colour_devkit(tmp_path)
+    picture, target = DetectionImages(images, flip_prob=0.0)[0]
+    assert picture.shape == (3, 48, 64) and picture.dtype == torch.float32
+    assert target["boxes"].tolist() == [[0, 0, 32, 48]]
+    assert target["labels"].tolist() == [VOC_CLASSES.index("cat") + 1]  # 0: background
+    assert target["difficult"].tolist() == [False]
+    red = torch.tensor([1.0, 0, 0])[:, None, None]
+    assert (picture[:, :, 2:30] - red).abs().max() < 0.05  # inside the box: red
+    flipped, flipped_target = DetectionImages(images, flip_prob=1.0)[0]
+    assert flipped_target["boxes"].tolist() == [[32, 0, 64, 48]]
+    assert torch.equal(flipped, picture.flip(-1))
+    x0, _, x1, _ = (int(v) for v in flipped_target["boxes"][0])
+    assert (flipped[:, :, x0 + 2 : x1 - 2] - red).abs().max() < 0.05  # the box follows the red
+
+
+def test_flips_are_a_function_of_seed_epoch_and_index_at_the_given_rate():
+    """2,000 draws per rate: the count of flips is Binomial(2000, p); 4 standard deviations."""
+    entries = [image(str(i)) for i in range(2000)]
+    for rate in (0.5, 0.2):
+        data = DetectionImages(entries, flip_prob=rate, seed=1)
+        count = sum(data.flipped(i) for i in range(2000))
+        assert abs(count - 2000 * rate) < 4 * math.sqrt(2000 * rate * (1 - rate)), (rate, count)
+    data = DetectionImages(entries, flip_prob=0.5, seed=1)
+    first = [data.flipped(i) for i in range(64)]
+    assert first == [DetectionImages(entries, 0.5, seed=1).flipped(i) for i in range(64)]
+    data.set_epoch(1)
+    assert first != [data.flipped(i) for i in range(64)]
+
+
+def test_a_photo_unlike_its_annotation_is_refused_by_name(tmp_path):
+    images = two_colour_devkit(tmp_path)
+    Image.new("RGB", (60, 48)).save(images[0].path)
+    with pytest.raises(DatasetError, match=r"000001\.jpg"):
+        DetectionImages(images)[0]
