@@ -36,6 +36,7 @@ from contrastlab.transfer.metrics import (
     pixel_iou,
     voc_detection_ap,
 )
+from contrastlab.transfer.solver import DetectionSolver, lr_factor, precise_bn, sgd
 from contrastlab.transfer.voc import (
     TEST_SPLITS,
     TRAIN_SPLITS,
@@ -500,3 +501,62 @@ def test_a_photo_unlike_its_annotation_is_refused_by_name(tmp_path):
     Image.new("RGB", (60, 48)).save(images[0].path)
     with pytest.raises(DatasetError, match=r"000001\.jpg"):
         DetectionImages(images)[0]
+
+
+# --------------------------------------------------------------------------- the solver
+
+
+def test_the_lr_warms_up_linearly_from_a_thousandth_and_steps_down_at_18k_and_22k():
+    solver = DetectionSolver()
+    expected = {
+        0: 0.001,
+        50: 0.001 * 0.5 + 0.5,
+        99: 0.001 * 0.01 + 0.99,
+        100: 1.0,
+        17999: 1.0,
+        18000: 0.1,
+        21999: 0.1,
+        22000: 0.01,
+        23999: 0.01,
+    }
+    for iteration, factor in expected.items():
+        assert lr_factor(iteration, solver) == pytest.approx(factor), iteration
+    with pytest.raises(ValueError, match="must increase and lie inside"):
+        DetectionSolver(steps=(22000, 18000))
+
+
+def test_normalisation_parameters_are_not_decayed_and_every_parameter_is_in_one_group():
+    model = faster_rcnn_c4(resnet18(), num_classes=20, settings=SMALL)
+    optimizer = sgd(model, DetectionSolver(), global_batch=8)
+    other, norm = optimizer.param_groups
+    assert (other["weight_decay"], norm["weight_decay"]) == (1e-4, 0.0)
+    assert other["lr"] == pytest.approx(0.01) and other["momentum"] == 0.9  # 0.02 x 8 / 16
+    bn = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in m.parameters()
+    }
+    assert {id(p) for p in norm["params"]} == bn
+    assert id(model.rpn.head.conv[0][0].bias) in {id(p) for p in other["params"]}  # biases decay
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+def test_precise_bn_is_the_plain_average_of_the_batch_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).eval()
+    weights = [p.detach().clone() for p in model.parameters()]
+    batches = [torch.randn(8, 3) * s + s for s in (1.0, 2.0, 3.0)]
+    used = precise_bn(model, model, batches)
+    with torch.no_grad():
+        features = [model[0](b) for b in batches]
+    mean = torch.stack([f.mean(0) for f in features]).mean(0)
+    var = torch.stack([f.var(0, unbiased=True) for f in features]).mean(0)
+    assert used == 3
+    torch.testing.assert_close(model[1].running_mean, mean)
+    torch.testing.assert_close(model[1].running_var, var)
+    assert model[1].momentum == 0.1 and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="at least one batch"):
+        precise_bn(model, model, [])
