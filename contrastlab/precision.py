@@ -10,6 +10,11 @@ decision per (device model, thread count, torch version, network, input size) in
 ``precision.json`` of the user cache directory (:func:`cache_dir`), so it costs its seconds
 once. Training and the evaluation loops share the decision.
 
+A candidate that a one-step probe at a small batch (:data:`PROBE_BATCH`) shows
+:data:`HOPELESS` times slower than the fastest is not timed at the full batch: on a CPU without
+bf16 arithmetic, bf16 autocast is an order of magnitude slower, and timing it properly would
+cost minutes for nothing.
+
 A reading taken while another job shares the device would stay wrong for good, so every
 candidate is timed :data:`REPEATS` times, interleaved; when one candidate's readings disagree by
 more than :data:`AGREEMENT` the decision serves this process only and is not cached. A run that
@@ -52,6 +57,13 @@ CONTRADICTION = 1.1
 """A run training more than this factor faster (per process) than the backbone's measured
 forward + backward in the same precision contradicts the measurement."""
 REMEASURE_ENV = "CONTRASTLAB_REMEASURE"
+PROBE_BATCH = 8
+"""Before the full measurement, each candidate takes one step (after a warm-up) at this batch."""
+HOPELESS = 3.0
+"""A candidate whose probe runs this many times slower than the fastest probe is not measured
+at the full batch: no batch size turns such a gap around, and timing it costs minutes (bf16
+autocast on a CPU without bf16 arithmetic, an AVX2-only AMD EPYC: 10-13x slower than fp32 for
+a ResNet-18 step; the full measurement of an evaluation pass took 425 s of a test run)."""
 
 _decided: dict[str, PrecisionChoice] = {}
 """This process's decisions by cache key (the evaluation loops ask once per batch)."""
@@ -185,6 +197,8 @@ class PrecisionChoice:
     cached: bool = False
     spread: float = 0.0
     """The largest relative spread of one candidate's repeated readings."""
+    dropped: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Candidates left out after the probe: how many times slower than the fastest probe."""
 
     @property
     def trusted(self) -> bool:
@@ -194,6 +208,10 @@ class PrecisionChoice:
         """``bf16-mixed: 186 img/s vs 32-true: 87 img/s on <device>`` (fastest first)."""
         ranked = sorted(self.rates.items(), key=lambda item: -item[1])
         figures = " vs ".join(f"{name}: {rate:.0f} img/s" for name, rate in ranked)
+        figures += "".join(
+            f" ({name} {slower:.0f}x slower in a probe, not measured further)"
+            for name, slower in self.dropped.items()
+        )
         if self.cached:
             when = f"measured earlier, cached in {cache_file()}; {REMEASURE_ENV}=1 measures again"
         elif not self.trusted:
@@ -254,7 +272,11 @@ def cached_precision(
         remeasure = os.environ.get(REMEASURE_ENV, "") not in ("", "0")
         entry = {} if remeasure else read_cache().get(key) or {}
         _decided[key] = PrecisionChoice(
-            entry.get("precision", ""), entry.get("rates", {}), device_name(device), cached=True
+            entry.get("precision", ""),
+            entry.get("rates", {}),
+            device_name(device),
+            cached=True,
+            dropped=entry.get("dropped", {}),
         )
     known = _decided[key]
     return known if known.precision in candidates(device) else None
@@ -275,7 +297,9 @@ def choose_precision(
     known = cached_precision(network, image_size, device, channels_last)
     if known is not None:
         return known
-    readings: dict[str, list[float]] = {name: [] for name in candidates(device)}
+    dropped = hopeless_candidates(network, batch_size, image_size, device, channels_last, timer)
+    names = [name for name in candidates(device) if name not in dropped]
+    readings: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(REPEATS):
         for name, rates in readings.items():
             args = (network, name, batch_size, image_size, device, channels_last, timer)
@@ -285,13 +309,35 @@ def choose_precision(
         rates={name: max(rates) for name, rates in readings.items()},  # the least disturbed
         device=device_name(device),
         spread=max(1 - min(rates) / max(rates) for rates in readings.values()),
+        dropped=dropped,
     )
     key = cache_key(device, network, image_size, channels_last)
     if choice.trusted:
         entry = {"precision": choice.precision, "rates": choice.rates, "batch_size": batch_size}
+        entry |= {"dropped": dropped} if dropped else {}
         write_cache_entry(key, entry)
     _decided[key] = dataclasses.replace(choice, cached=choice.trusted)
     return choice
+
+
+def hopeless_candidates(
+    network: nn.Module,
+    batch_size: int,
+    image_size: int,
+    device: torch.device | str,
+    channels_last: bool = True,
+    timer: Timer = time.perf_counter,
+) -> dict[str, float]:
+    """The candidates :data:`HOPELESS` times slower than the fastest in a probe (one step at
+    :data:`PROBE_BATCH` after a warm-up), each with its factor; none when the batch is no larger
+    than the probe's or there is nothing to choose between."""
+    names = candidates(device)
+    if batch_size <= PROBE_BATCH or len(names) < 2:
+        return {}
+    args = (PROBE_BATCH, image_size, device, channels_last, timer)
+    probes = {name: images_per_second(network, name, *args, max_steps=1) for name in names}
+    fastest = max(probes.values())
+    return {name: fastest / rate for name, rate in probes.items() if rate * HOPELESS < fastest}
 
 
 def contradicts(choice: PrecisionChoice, trained_per_process: float) -> bool:

@@ -172,18 +172,20 @@ def test_fit_measures_once_says_so_and_trains_in_the_fastest(
     # rates no run can contradict (a contradicted reading is dropped: see below)
     calls = fake_rates(monkeypatch, {"bf16-mixed": 186e3, "32-true": 87e3})
     main(fit_options(tmp_path / "a", tiny_cifar))
-    # the actual per-process batch and view size, the candidates interleaved, twice each
+    # a probe of each at batch 8, then the actual per-process batch and view size, the
+    # candidates interleaved, twice each
     bf16, fp32 = ("bf16-mixed", 16, 8, "cpu"), ("32-true", 16, 8, "cpu")
-    assert calls == [bf16, fp32] * precision.REPEATS
+    probes = [("bf16-mixed", 8, 8, "cpu"), ("32-true", 8, 8, "cpu")]
+    assert calls == probes + [bf16, fp32] * precision.REPEATS
     err = capsys.readouterr().err
     assert "precision bf16-mixed: 186000 img/s vs 32-true: 87000 img/s on " in err
     assert trainer_precision(tmp_path / "a") == "bf16-mixed"
     precision._decided.clear()
     main(fit_options(tmp_path / "b", tiny_cifar))  # the same network: read from the cache
-    assert len(calls) == 4
+    assert len(calls) == 6
     assert "measured earlier, cached in" in capsys.readouterr().err
     main(fit_options(tmp_path / "c", tiny_cifar, "--model.augment.size", "12"))
-    assert len(calls) == 8  # another input size is measured again
+    assert len(calls) == 12  # another input size is measured again
 
 
 def test_a_run_faster_than_its_cached_reading_drops_it(tmp_path, tiny_cifar, monkeypatch, capsys):
@@ -227,6 +229,53 @@ def test_readings_that_disagree_are_used_but_not_cached(monkeypatch, second, tru
     else:  # a new process measures again
         with pytest.raises(IndexError):  # past the recorded readings: it measured
             precision.choose_precision(network, 8, 16, "cpu")
+
+
+def probe_rates(monkeypatch, probe: dict[str, float], full: dict[str, float]) -> list[tuple]:
+    """Measurements at the probe's batch return ``probe``, at any other ``full``."""
+    calls = []
+
+    def measure(network, name, batch_size, *args, **kwargs):
+        calls.append((name, batch_size))
+        return (probe if batch_size == precision.PROBE_BATCH else full)[name]
+
+    monkeypatch.setattr(precision, "images_per_second", measure)
+    return calls
+
+
+@pytest.mark.parametrize(("bf16_probe", "measured"), [(34.0, True), (33.0, False), (10.0, False)])
+def test_a_candidate_three_times_slower_in_the_probe_is_not_measured_further(
+    monkeypatch, bf16_probe, measured
+):
+    """fp32's probe runs 100 img/s: bf16 at 34 (2.9x slower) is still timed at the full batch,
+    at 33 or 10 (3.03x, 10x) it is left out, said so, and cached so."""
+    calls = probe_rates(
+        monkeypatch,
+        {"bf16-mixed": bf16_probe, "32-true": 100.0},
+        {"bf16-mixed": 300.0, "32-true": 200.0},
+    )
+    network = tiny_network()
+    choice = precision.choose_precision(network, 64, 16, "cpu")
+    assert calls[:2] == [("bf16-mixed", 8), ("32-true", 8)]
+    full = [("bf16-mixed", 64), ("32-true", 64)] if measured else [("32-true", 64)]
+    assert calls[2:] == full * precision.REPEATS
+    assert choice.precision == ("bf16-mixed" if measured else "32-true")
+    if measured:
+        assert choice.dropped == {}
+    else:
+        assert choice.dropped == {"bf16-mixed": pytest.approx(100.0 / bf16_probe)}
+        assert f"bf16-mixed {100.0 / bf16_probe:.0f}x slower in a probe" in choice.message()
+        precision._decided.clear()
+        cached = precision.choose_precision(network, 64, 16, "cpu")
+        assert cached.cached and cached.dropped == choice.dropped and len(calls) == 4
+
+
+def test_no_probe_at_or_below_the_probes_batch(monkeypatch):
+    calls = probe_rates(
+        monkeypatch, {"bf16-mixed": 1.0, "32-true": 100.0}, {"bf16-mixed": 1.0, "32-true": 100.0}
+    )
+    precision.choose_precision(tiny_network(), precision.PROBE_BATCH, 16, "cpu")
+    assert calls == [("bf16-mixed", 8), ("32-true", 8)] * precision.REPEATS  # measured in full
 
 
 def test_contradiction_is_a_run_faster_than_its_precisions_reading():
