@@ -397,8 +397,11 @@ DETERMINISTIC_VIEWS = [arg for arg in DETERMINISTIC[:12]] + [
 ]
 
 
-TOLERANCE = 1e-4
-"""Two processes against one after a step: fp32 sums in another order (1e-6 measured)."""
+TOLERANCE = 1e-3
+"""Two processes against one after a step: fp32 sums in another order, times SimCLR's
+effective lr of 3.6. Measured 1.3e-5 (SimCLR), 2.7e-6 (BYOL), 4.8e-7 (SimSiam); SimCLR from
+another initialisation of the same network reached 2.4e-4 on an AVX2 AMD EPYC. Per-process
+BatchNorm misses by 0.197, which the test requires to exceed 100x this."""
 
 
 @pytest.mark.parametrize("framework", ["simclr", "byol", "simsiam"])

@@ -86,3 +86,20 @@ def test_knn_matches_slow_reference():
         for sim, y in top:
             expected[y] += torch.exp(torch.tensor(sim / t))
         torch.testing.assert_close(scores[i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_head_built_under_a_seed_has_the_weights_of_the_same_layers_built_in_order():
+    """Adding an optional output BatchNorm must not change what a seed gives: the layers are
+    built first to last, so runs from before and after start alike."""
+    from contrastlab.models.heads import mlp_head
+
+    torch.manual_seed(0)
+    ours = mlp_head(8, 16, 4, batch_norm=True)
+    torch.manual_seed(0)
+    reference = nn.Sequential(
+        nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)
+    )
+    for mine, theirs in zip(
+        ours.state_dict().values(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.equal(mine, theirs)

@@ -30,18 +30,16 @@ def mlp_head(
             f"out_batch_norm = {out_batch_norm!r}: expected one of {', '.join(OUT_BATCH_NORMS)}"
         )
     normalised = out_batch_norm != "none"
-    out_layers: list[nn.Module] = [
-        nn.Linear(hidden_dim or in_dim, out_dim, out_bias and not normalised)
-    ]
+    layers: list[nn.Module] = []
+    if hidden_dim is not None:  # built first: a seed gives the same weights as before
+        layers.append(nn.Linear(in_dim, hidden_dim, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.Linear(hidden_dim or in_dim, out_dim, bias=out_bias and not normalised))
     if normalised:
-        out_layers.append(batch_norm_1d(out_dim, shift=out_batch_norm == "full"))
-    if hidden_dim is None:
-        return nn.Sequential(*out_layers)
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm1d(hidden_dim))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers, *out_layers)
+        layers.append(batch_norm_1d(out_dim, shift=out_batch_norm == "full"))
+    return nn.Sequential(*layers)
 
 
 def batch_norm_1d(features: int, shift: bool = True) -> nn.BatchNorm1d:
