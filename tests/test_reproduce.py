@@ -244,10 +244,11 @@ def cell_state(out: Path, name: str) -> dict:
     return json.loads((out / name / "seed0" / "cell.json").read_text())
 
 
-SMOKE_CELLS = ("mocov2", "mocov2_synco", "simclr_ccrop", "byol", "simsiam")
-"""The cells the smoke-grid test runs: every framework, SynCo and ContrastiveCrop (every cell
-of the grid is a valid fit: tests/test_data_module.py parses each preset, and
-tests/test_frameworks.py trains each framework with each plug-in)."""
+SMOKE_CELLS = ("mocov2", "mocov2_synco", "simclr_ccrop")
+"""The cells the smoke-grid test runs: a baseline, SynCo (its delta against the baseline) and
+ContrastiveCrop on another framework. The test is of the grid's machinery (budget, resume,
+results, report); every cell of the grid is a valid fit (tests/test_data_module.py parses
+each preset, and tests/test_frameworks.py trains each framework with each plug-in)."""
 
 
 @pytest.mark.slow
@@ -268,7 +269,7 @@ def test_the_smoke_grid_trains_its_cells_and_resumes_without_rerunning(
     budgeted = reproduce(*common, *only, "--budget-minutes", "0.02", "--", *TINY)
     assert budgeted.returncode == 0, budgeted.stdout + budgeted.stderr
     assert "budget spent" in budgeted.stdout and "run the same command again" in budgeted.stdout
-    assert "4 to run" in budgeted.stdout  # mocov2 was done
+    assert f"{len(SMOKE_CELLS) - 1} to run" in budgeted.stdout  # mocov2 was done
     after_budget = json.loads((out / "results.json").read_text())
     assert not after_budget["complete"]
     interrupted = {c["experiment"]: c["status"] for c in after_budget["cells"]}
@@ -304,9 +305,9 @@ def test_the_smoke_grid_trains_its_cells_and_resumes_without_rerunning(
     assert (
         "- simclr_ccrop: `cifar10/simclr_ccrop`: SimCLR on CIFAR-10 with ContrastiveCrop" in table
     )
-    assert "contrastlab fit --config cifar10/byol " in table
+    assert "contrastlab fit --config cifar10/simclr_ccrop " in table
     report = (out / "report.html").read_text()
-    assert "report/knn.png" in report and "simsiam s0" in report
+    assert "report/knn.png" in report and "simclr_ccrop s0" in report
     assert (out / "report" / "knn.png").stat().st_size > 0
 
 

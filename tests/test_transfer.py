@@ -3,6 +3,7 @@ malformed annotation refused by name, and VOC AP against values worked out by ha
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 import xml.etree.ElementTree as ET
@@ -17,6 +18,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
 
 from contrastlab.data.errors import DatasetError
+from contrastlab.transfer.coco import CocoError, read_coco
 from contrastlab.transfer.data import DetectionImages
 from contrastlab.transfer.detectors import (
     AlignedRoIPool,
@@ -560,3 +562,114 @@ def test_precise_bn_is_the_plain_average_of_the_batch_statistics():
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
     with pytest.raises(ValueError, match="at least one batch"):
         precise_bn(model, model, [])
+
+
+# --------------------------------------------------------------------------- COCO
+
+
+def coco_files(tmp_path: Path, annotations: list[dict] | None = None) -> tuple[Path, Path]:
+    """An instances JSON in the official form, categories 1, 3 and 7 (ids with gaps)."""
+    root = tmp_path / "train2017"
+    root.mkdir(parents=True, exist_ok=True)
+    for name, size in (("000000000009.jpg", (64, 48)), ("000000000025.jpg", (40, 30))):
+        Image.new("RGB", size).save(root / name)
+    data = {
+        "images": [
+            {"id": 25, "file_name": "000000000025.jpg", "width": 40, "height": 30},
+            {"id": 9, "file_name": "000000000009.jpg", "width": 64, "height": 48},
+        ],
+        "categories": [
+            {"id": 7, "name": "train"},
+            {"id": 1, "name": "person"},
+            {"id": 3, "name": "car"},
+        ],
+        "annotations": annotations
+        if annotations is not None
+        else [
+            {
+                "id": 101,
+                "image_id": 9,
+                "category_id": 3,
+                "bbox": [2.5, 4.0, 10.0, 20.0],
+                "iscrowd": 0,
+                "segmentation": [[2.5, 4, 12.5, 4, 12.5, 24, 2.5, 24], [1, 1, 2, 2]],
+            },
+            {
+                "id": 102,
+                "image_id": 9,
+                "category_id": 7,
+                "bbox": [0, 0, 64, 48],
+                "iscrowd": 1,
+                "segmentation": {"size": [48, 64], "counts": [0, 3072]},
+            },
+            {
+                "id": 103,
+                "image_id": 25,
+                "category_id": 1,
+                "bbox": [1, 1, 5, 5],
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 6, 1, 6]],  # odd: dropped, and the object with it
+            },
+        ],
+    }
+    path = tmp_path / "annotations" / "instances_train2017.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path, root
+
+
+def test_coco_is_read_in_image_id_order_with_contiguous_labels_and_detectron2s_filter(tmp_path):
+    dataset = read_coco(*coco_files(tmp_path))
+    assert dataset.classes == ("person", "car", "train") and dataset.category_ids == (1, 3, 7)
+    assert [i.image_id for i in dataset.images] == [9, 25]
+    first = dataset.images[0]
+    assert (first.width, first.height) == (64, 48) and first.path.name == "000000000009.jpg"
+    assert first.labels().tolist() == [1, 2]  # car, train
+    assert first.boxes().tolist() == [[2.5, 4.0, 12.5, 24.0], [0.0, 0.0, 64.0, 48.0]]
+    assert first.crowd().tolist() == [False, True]
+    assert first.objects[0].segmentation == ((2.5, 4.0, 12.5, 4.0, 12.5, 24.0, 2.5, 24.0),)
+    assert first.objects[1].segmentation == {"size": [48, 64], "counts": [0, 3072]}
+    assert dataset.images[1].objects == () and dataset.dropped_objects == 1
+
+
+def one_annotation(**changes) -> list[dict]:
+    entry = {"id": 5, "image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 0}
+    return [{**entry, **changes}]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        (one_annotation(image_id=4), "annotation 5: image_id 4 is not an image of the file"),
+        (one_annotation(category_id=2), "annotation 5 (image 9): category_id 2 is not a"),
+        (one_annotation(bbox=[1, 2, 3]), "bbox is [1, 2, 3]; expected [x, y, width, height]"),
+        (one_annotation(bbox=[1, 2, -3, 4]), "has a negative width or height"),
+        (one_annotation(bbox=[1, 2, "3", 4]), "not a finite number"),
+        (one_annotation(iscrowd=2), "iscrowd is 2; expected 0 or 1"),
+        (one_annotation(ignore=1), '"ignore" is set'),
+        (
+            one_annotation(segmentation={"size": [30, 40], "counts": "abc"}),
+            "RLE size [30, 40] is not the image's [48, 64]",
+        ),
+        (one_annotation(segmentation=[[1, 2, 3, "x", 5, 6]]), "a polygon holds something"),
+        (one_annotation() * 2, "annotation ids listed twice: 5"),
+    ],
+)
+def test_a_malformed_coco_annotation_is_refused_by_file_and_id(tmp_path, annotations, message):
+    path, root = coco_files(tmp_path, annotations)
+    with pytest.raises(CocoError) as error:
+        read_coco(path, root)
+    assert str(error.value).startswith(str(path)) and message in str(error.value)
+
+
+def test_missing_coco_files_and_bad_json_are_refused_by_name(tmp_path):
+    path, root = coco_files(tmp_path)
+    (root / "000000000025.jpg").unlink()
+    with pytest.raises(CocoError, match=r"000000000025\.jpg: image file not found \(image 25"):
+        read_coco(path, root)
+    path.write_text("{")
+    with pytest.raises(CocoError, match="not valid JSON"):
+        read_coco(path, root)
+    path.write_text(json.dumps({"images": []}))
+    with pytest.raises(CocoError, match='no "annotations" list'):
+        read_coco(path, root)

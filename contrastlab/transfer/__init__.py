@@ -2,11 +2,14 @@
 
 ``voc``: the PASCAL VOC reader (``Annotations/*.xml``, ``ImageSets/Main/*.txt``, difficult
 flags, 07+12 combined), every malformed annotation an error naming the file and the object.
-``data``: the decoded photos and targets a detector trains on, flips seeded by
-(seed, epoch, index). ``detectors``: Faster R-CNN R50-C4 as MoCo's detectron2 config builds
-it, on torchvision's parts, with detectron2's losses. ``metrics``: VOC AP (the VOC07 11-point
-AP per class, AP50, AP75 and the mean over IoU 0.50:0.95) as detectron2's
-``PascalVOCDetectionEvaluator`` computes the papers' numbers.
+``coco``: the COCO instances reader (contiguous labels, polygons and RLEs, crowd flags;
+detectron2's filter of invalid polygons, every other fault an error). ``data``: the decoded
+photos and targets a detector trains on, flips seeded by (seed, epoch, index).
+``detectors``: Faster R-CNN R50-C4 as MoCo's detectron2 config builds it, on torchvision's
+parts, with detectron2's losses. ``solver``: detectron2's SGD groups, warm-up and steps,
+precise BatchNorm. ``metrics``: VOC AP (the VOC07 11-point AP per class, AP50, AP75 and the
+mean over IoU 0.50:0.95) as detectron2's ``PascalVOCDetectionEvaluator`` computes the papers'
+numbers.
 
 Plain PyTorch and NumPy (no Lightning). torchvision's FPN detector built around an exported
 backbone, ``faster_rcnn_from_export``, lives in :mod:`contrastlab.models.exported`; its old
