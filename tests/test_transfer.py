@@ -365,6 +365,7 @@ def test_the_c4_detector_is_the_resnets_own_layers_all_training():
     assert predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
     assert predictor.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
     assert model.rpn.head.cls_logits.out_channels == 15
+    assert model.transform.size_divisible == 1  # detectron2's C4: size_divisibility 0
 
 
 def test_regions_are_pooled_with_half_pixel_alignment():

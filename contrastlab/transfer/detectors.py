@@ -258,6 +258,7 @@ def faster_rcnn_c4(
         box_bg_iou_thresh=settings.roi_iou,
         box_batch_size_per_image=settings.roi_batch,
         box_positive_fraction=settings.roi_positive_fraction,
+        size_divisible=1,  # a ResNet without FPN pads only to the batch's largest image
     )
     model.rpn.__class__ = DetectronRPN  # the same state and settings, detectron2's losses
     model.roi_heads.__class__ = DetectronBoxHeads
