@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -320,6 +321,13 @@ def choose_precision(
     return choice
 
 
+def probe_batch(network: nn.Module) -> int:
+    """:data:`PROBE_BATCH`, or the smallest batch that every split BatchNorm of ``network``
+    (a module with ``num_splits``) divides into groups of at least two images."""
+    splits = math.lcm(*(getattr(m, "num_splits", 1) for m in network.modules()))
+    return splits * max(2, math.ceil(PROBE_BATCH / splits))
+
+
 def hopeless_candidates(
     network: nn.Module,
     batch_size: int,
@@ -329,12 +337,13 @@ def hopeless_candidates(
     timer: Timer = time.perf_counter,
 ) -> dict[str, float]:
     """The candidates :data:`HOPELESS` times slower than the fastest in a probe (one step at
-    :data:`PROBE_BATCH` after a warm-up), each with its factor; none when the batch is no larger
+    :func:`probe_batch` after a warm-up), each with its factor; none when the batch is no larger
     than the probe's or there is nothing to choose between."""
     names = candidates(device)
-    if batch_size <= PROBE_BATCH or len(names) < 2:
+    probe = probe_batch(network)
+    if batch_size <= probe or len(names) < 2:
         return {}
-    args = (PROBE_BATCH, image_size, device, channels_last, timer)
+    args = (probe, image_size, device, channels_last, timer)
     probes = {name: images_per_second(network, name, *args, max_steps=1) for name in names}
     fastest = max(probes.values())
     return {name: fastest / rate for name, rate in probes.items() if rate * HOPELESS < fastest}

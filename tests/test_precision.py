@@ -231,13 +231,15 @@ def test_readings_that_disagree_are_used_but_not_cached(monkeypatch, second, tru
             precision.choose_precision(network, 8, 16, "cpu")
 
 
-def probe_rates(monkeypatch, probe: dict[str, float], full: dict[str, float]) -> list[tuple]:
+def probe_rates(
+    monkeypatch, probe: dict[str, float], full: dict[str, float], probe_batch: int = 8
+) -> list[tuple]:
     """Measurements at the probe's batch return ``probe``, at any other ``full``."""
     calls = []
 
     def measure(network, name, batch_size, *args, **kwargs):
         calls.append((name, batch_size))
-        return (probe if batch_size == precision.PROBE_BATCH else full)[name]
+        return (probe if batch_size == probe_batch else full)[name]
 
     monkeypatch.setattr(precision, "images_per_second", measure)
     return calls
@@ -325,3 +327,21 @@ def test_several_processes_use_the_cache_or_the_static_guess(monkeypatch, capsys
 def test_the_cache_key_tells_batch_norm_splits_apart():
     one, eight = ResNetBackbone("resnet18", True, 1), ResNetBackbone("resnet18", True, 8)
     assert precision.cache_key("cpu", one, 32, True) != precision.cache_key("cpu", eight, 32, True)
+
+
+def test_the_probe_batch_keeps_two_images_in_every_split_batchnorm_group(monkeypatch):
+    """MoCo's SplitBatchNorm(8) cannot run a batch of 8 (one image per group): its probe runs 16,
+    in fact (no fake timer), and a batch of 16 or less is measured in full without a probe."""
+    from contrastlab.models.splitbn import SplitBatchNorm
+
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), SplitBatchNorm(4, 8), nn.AdaptiveAvgPool2d(1))
+    assert precision.probe_batch(network) == 16 and precision.probe_batch(tiny_network()) == 8
+    assert precision.probe_batch(nn.Sequential(SplitBatchNorm(4, 3))) == 9
+    choice = precision.choose_precision(network, 32, 4, "cpu")  # real steps: no error
+    assert choice.precision in ("32-true", "bf16-mixed")
+    calls = probe_rates(
+        monkeypatch, {"bf16-mixed": 1.0, "32-true": 100.0}, {"32-true": 100.0}, probe_batch=16
+    )
+    precision._decided.clear()
+    precision.choose_precision(network, 64, 8, "cpu")
+    assert calls[:2] == [("bf16-mixed", 16), ("32-true", 16)]
