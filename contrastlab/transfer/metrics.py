@@ -62,7 +62,7 @@ def voc_detection_ap(
         raise ValueError(f"{len(predictions)} predictions for {len(images)} images")
     per_threshold = {t: [] for t in IOU_THRESHOLDS}
     for label in range(len(classes)):
-        truth = [(_class_boxes(image, label)) for image in images]
+        truth = [_class_boxes(image, label) for image in images]
         found = class_detections(predictions, label)
         for threshold in IOU_THRESHOLDS:
             per_threshold[threshold].append(100 * class_ap(truth, found, threshold, use_07_metric))
