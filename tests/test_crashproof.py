@@ -40,7 +40,9 @@ def fit(run_dir: Path, data_root: Path, *extra: str) -> None:
     main(fit_arguments(run_dir, data_root, *extra))
 
 
-def assert_same_state(a_path: Path, b_path: Path) -> None:
+def assert_same_state(
+    a_path: Path, b_path: Path, rng_keys: tuple[str, ...] = ("view_rng", "torch_rng")
+) -> None:
     """Weights, buffers (queue, BN, boxes), optimiser, schedule, loop and every RNG equal."""
     a, b = load_checkpoint_file(a_path), load_checkpoint_file(b_path)
     assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
@@ -53,7 +55,7 @@ def assert_same_state(a_path: Path, b_path: Path) -> None:
         for name, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(other[name])), (i, name)
     assert a["lr_schedulers"] == b["lr_schedulers"]
-    for key in ("view_rng", "torch_rng"):
+    for key in rng_keys:
         assert torch.equal(a["contrastlab"][key], b["contrastlab"][key]), key
 
 

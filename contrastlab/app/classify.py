@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -81,6 +82,29 @@ def train_classifier(
 ) -> list[tuple[float, float]]:
     """Fit ``module`` on ``splits`` for its protocol's epochs in ``run_dir`` (continuing its
     ``last.ckpt`` with ``resume``); returns the per-epoch evaluation ``(top-1, top-5)``."""
+    trainer, checkpoint = run_trainer(
+        run_dir,
+        launch,
+        resume,
+        lambda path, saved: check_resumable(path, saved, module.protocol),
+        max_epochs=module.protocol.epochs,
+    )
+    trainer.fit(module, datamodule=splits, ckpt_path=str(checkpoint) if checkpoint else None)
+    return module.history
+
+
+def run_trainer(
+    run_dir: Path,
+    launch: Launch,
+    resume: bool,
+    check: Callable[[Path, dict], None],
+    **limits: Any,
+) -> tuple[pl.Trainer, Path | None]:
+    """A ``Trainer`` on the run machinery in ``run_dir`` (``last.ckpt`` at every epoch end and
+    at stop signals, ``metrics.csv`` and TensorBoard, the progress bar with the run's ETA) with
+    ``limits`` (``max_epochs``, ``max_steps``, ...), and the checkpoint to continue from: the
+    run's ``last.ckpt`` when ``resume`` (after ``check(path, checkpoint)`` accepts it), else
+    ``None``; a run directory already holding a run without ``resume`` is an error."""
     last = checkpoint_path(run_dir)
     io = StagedCheckpointIO()
     checkpoint = None
@@ -91,7 +115,7 @@ def train_classifier(
                 f"remove {run_dir} to start over"
             )
         checkpoint = load_checkpoint_file(last)
-        check_resumable(last, checkpoint, module.protocol)
+        check(last, checkpoint)
         io.preloaded[last.resolve()] = checkpoint
         note(f"resuming {last} at epoch {checkpoint.get('epoch')}")
     if rank_zero_only.rank == 0:  # from the launcher's environment: no process group yet
@@ -101,7 +125,6 @@ def train_classifier(
         callbacks.append(RunProgressBar())
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
-        max_epochs=module.protocol.epochs,
         accelerator=launch.accelerator,
         devices=launch.devices,
         num_nodes=launch.num_nodes,
@@ -115,9 +138,9 @@ def train_classifier(
         enable_progress_bar=launch.progress,
         enable_model_summary=False,
         log_every_n_steps=1,
+        **limits,
     )
-    trainer.fit(module, datamodule=splits, ckpt_path=str(last) if checkpoint else None)
-    return module.history
+    return trainer, last if checkpoint is not None else None
 
 
 def _splits(

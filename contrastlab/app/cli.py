@@ -8,6 +8,8 @@ kNN; ``contrastlab linear --checkpoint PATH [--mode fast|paper]`` with a linear 
 ``contrastlab finetune --checkpoint PATH --labels 1%|10%|N`` fine-tunes on a class-balanced
 labelled subset; ``contrastlab export --checkpoint PATH --out F --format
 safetensors|torchvision|timm|detectron2`` writes the backbone for other tools.
+``contrastlab transfer --task voc-c4 --checkpoint PATH --data.root VOCdevkit`` fine-tunes the
+backbone at the papers' detection protocol (Faster R-CNN R50-C4 on VOC07+12) and tests it.
 ``contrastlab crops --checkpoint PATH --out crops.png`` draws what the encoder attends to:
 heatmaps, ContrastiveCrop boxes and sampled crops of training images.
 ``contrastlab embed --checkpoint PATH --folder DIR`` (or ``--split NAME``) writes one embedding
@@ -38,6 +40,7 @@ COMMANDS = (
     "linear",
     "finetune",
     "export",
+    "transfer",
     "crops",
     "embed",
     "report",
@@ -331,6 +334,80 @@ def finetune(args: list[str]) -> None:
         print(result.summary())
 
 
+def transfer(args: list[str]) -> None:
+    import argparse
+
+    from contrastlab.app.transfer import RANDOM, summary
+    from contrastlab.app.transfer import transfer as run_transfer
+    from contrastlab.transfer.tasks import TASKS, configure
+
+    parser = argparse.ArgumentParser(
+        prog="contrastlab transfer",
+        description="Fine-tune a pretrained backbone at a detection protocol and test it.",
+    )
+    parser.add_argument(
+        "--task", required=True, choices=sorted(TASKS), help="voc-c4: Faster R-CNN R50-C4, VOC07+12"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help=f"a contrastlab .ckpt, an export (with its .json), or '{RANDOM}' (with --backbone)",
+    )
+    parser.add_argument("--backbone", default=None, help="the ResNet of --checkpoint random")
+    parser.add_argument("--data.root", dest="root", required=True, help="the VOCdevkit folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default: <run dir>/eval/transfer_<task>)",
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="global batch (16)")
+    parser.add_argument("--seed", type=int, default=0)
+    small = parser.add_argument_group("smaller settings than the protocol's (never the defaults)")
+    small.add_argument("--iterations", type=int, default=None, help="24000; steps keep 3/4, 11/12")
+    small.add_argument("--lr", type=float, default=None, help="for 16 images (0.02; SynCo 0.01)")
+    small.add_argument(
+        "--train-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="480 512 ... 800; tests at the largest",
+    )
+    small.add_argument("--max-size", type=int, default=None, help="longer-side cap (1333)")
+    small.add_argument("--precise-bn-iterations", type=int, default=None, help="200")
+    small.add_argument("--roi-batch", type=int, default=None, help="regions per image (512)")
+    small.add_argument(
+        "--test-proposals", type=int, default=None, help="proposals per test image (1000)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_run_options(parser)
+    o = parser.parse_args(args)
+    with run_endings("transfer", (ValueError,)):
+        task = configure(
+            TASKS[o.task],
+            iterations=o.iterations,
+            lr=o.lr,
+            train_sizes=tuple(o.train_sizes) if o.train_sizes else None,
+            max_size=o.max_size,
+            precise_bn_iterations=o.precise_bn_iterations,
+            roi_batch=o.roi_batch,
+            test_proposals=o.test_proposals,
+        )
+        result = run_transfer(
+            task,
+            o.checkpoint,
+            o.root,
+            batch=o.batch_size,
+            arch=o.backbone,
+            run_dir=o.out,
+            launch=run_launch(o),
+            resume=o.resume,
+            seed=o.seed,
+        )
+    if _rank() == 0 and result:
+        print(summary(result))
+
+
 def export(args: list[str]) -> None:
     from contrastlab.app.export import FORMATS, export_backbone
     from contrastlab.runs.resume import load_checkpoint_file, method_from_checkpoint
@@ -572,6 +649,7 @@ def run(command: str, rest: list[str]) -> None:
         "linear": linear,
         "finetune": finetune,
         "export": export,
+        "transfer": transfer,
         "crops": crops,
         "report": report,
         "reproduce": reproduce,

@@ -438,28 +438,30 @@ class ContrastiveMethod(pl.LightningModule):
         restore_rng_states(self.views, checkpoint.get("contrastlab"))
 
 
-def rng_states(views: ViewSampler, device: torch.device) -> dict[str, Any]:
-    """Every process's view generator and torch RNG states (gathered, one row per rank) and
-    the CUDA states: what an exact resume restores with :func:`restore_rng_states`."""
+def rng_states(views: ViewSampler | None, device: torch.device) -> dict[str, Any]:
+    """Every process's view generator (when there is one) and torch RNG states (gathered, one
+    row per rank) and the CUDA states: what an exact resume restores with
+    :func:`restore_rng_states`."""
     # every process's own: one process's state given to all would change what the others
     # draw after a resume (they need not have drawn alike before it)
     states: dict[str, Any] = {
-        "view_rng": gather_cat(views.get_state().unsqueeze(0).to(device)).cpu(),
-        "torch_rng": gather_cat(torch.get_rng_state().unsqueeze(0).to(device)).cpu(),
+        "torch_rng": gather_cat(torch.get_rng_state().unsqueeze(0).to(device)).cpu()
     }
+    if views is not None:
+        states["view_rng"] = gather_cat(views.get_state().unsqueeze(0).to(device)).cpu()
     if torch.cuda.is_available():
         states["cuda_rng"] = torch.cuda.get_rng_state_all()
     return states
 
 
-def restore_rng_states(views: ViewSampler, state: dict[str, Any] | None) -> None:
+def restore_rng_states(views: ViewSampler | None, state: dict[str, Any] | None) -> None:
     """Set this process's RNG states from :func:`rng_states`' record (a run resumed on more
     processes keeps fresh seeds on the new ones)."""
     if state is None:
         return
     rank, _ = world()
-    view_states = state["view_rng"]
-    if rank < len(view_states):
+    view_states = state.get("view_rng") if views is not None else None
+    if view_states is not None and rank < len(view_states):
         # a compact copy: Generator.set_state misreads a row view with a storage offset
         views.set_state(view_states[rank].cpu().clone())
     torch_states = state["torch_rng"]

@@ -154,6 +154,23 @@ def all_finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack(checks).all())  # one device-to-host copy, not one per tensor
 
 
+def count_saved_epoch_as_completed(fit_loop: dict[str, Any]) -> None:
+    """An epoch-end checkpoint of an iteration-based run (``max_steps``) resumes at the next
+    epoch, as Lightning resumes an epoch-based one: it saved in ``on_train_epoch_end``, when the
+    epoch was processed but not yet counted completed, and Lightning would otherwise re-enter
+    that epoch (and draw the next epoch's batches under the old epoch's number)."""
+    progress = fit_loop.get("epoch_progress") or {}
+    total, current = progress.get("total"), progress.get("current")
+    if not total or total.get("processed") != total.get("completed", 0) + 1:
+        return
+    for counts in (total, current):
+        counts["completed"] = counts["processed"]
+    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    if batches.get("current"):  # the next epoch starts at its first batch
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False
+
+
 class RunCheckpoint(Checkpoint):
     """``last.ckpt`` at every epoch end, optionally every ``every_n_steps`` steps and every
     ``every_minutes`` minutes; SIGTERM, SIGUSR1 and SIGINT stop the run at the next step
@@ -194,6 +211,8 @@ class RunCheckpoint(Checkpoint):
     ) -> None:
         fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
         self._loader_states = (fit_loop.get("state_dict") or {}).get("combined_loader") or []
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            count_saved_epoch_as_completed(fit_loop)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signals.install()  # after Lightning's own handlers, which would exit 0

@@ -2,12 +2,11 @@
 
 Each item is the photo decoded upright with libjpeg-turbo (EXIF orientation applied, as
 detectron2's ``read_image``), as float RGB in [0, 1] ``(3, H, W)``, and its target: ``boxes``
-(continuous 0-based ``(x0, y0, x1, y1)``), ``labels`` (class + 1: torchvision's detectors keep
-0 for the background), ``difficult``. In training each image is flipped left-right with
-probability ``flip_prob`` (detectron2's ``RandomFlip``), by a draw that is a function of
-``(seed, epoch, index)`` alone, so a resumed run and any number of workers flip the same
-images. Resizing to the protocol's sizes happens in the detector's own transform.
-"""
+(continuous 0-based ``(x0, y0, x1, y1)``), ``labels`` (class + 1: torchvision's detectors keep 0
+for the background), ``difficult``, ``index`` (the item's). In training each image is flipped
+left-right with probability ``flip_prob`` (detectron2's ``RandomFlip``), by a draw that is a
+function of ``(seed, epoch, index)`` alone, so a resumed run and any number of workers flip the
+same images. Resizing to the protocol's sizes happens in the detector's own transform."""
 
 from __future__ import annotations
 
@@ -52,7 +51,12 @@ class DetectionImages(Dataset):
                 [image.width - boxes[:, 2], boxes[:, 1], image.width - boxes[:, 0], boxes[:, 3]],
                 dim=1,
             )
-        target = {"boxes": boxes, "labels": image.labels() + 1, "difficult": image.difficult()}
+        target = {
+            "boxes": boxes,
+            "labels": image.labels() + 1,
+            "difficult": image.difficult(),
+            "index": torch.tensor(index),
+        }
         return picture, target
 
 

@@ -1,0 +1,197 @@
+"""``contrastlab transfer``: a pretrained backbone fine-tuned and tested at a detection protocol
+(:mod:`contrastlab.transfer.tasks`) on the run machinery: Lightning over any number of
+processes and nodes with global BatchNorm, ``last.ckpt`` at every epoch and at stop signals,
+exact resume, ``metrics.csv`` and TensorBoard, a progress bar with the run's ETA.
+
+The run's folder is ``<run dir>/eval/transfer_<task>/`` for a contrastlab checkpoint (beside
+its other evaluations) and ``<export>_transfer_<task>/`` beside an exported backbone; the
+result is written beside the folder as ``<folder>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from contrastlab.app.classify import Launch, run_trainer
+from contrastlab.distributed import world
+from contrastlab.io import atomic_write
+from contrastlab.models.backbones import ARCHITECTURES, ResNetBackbone, read_backbone_weights
+from contrastlab.models.exported import torchvision_resnet
+from contrastlab.models.splitbn import SplitBatchNorm
+from contrastlab.runs.resume import CheckpointError, load_checkpoint_file, method_from_checkpoint
+from contrastlab.transfer.detectors import faster_rcnn_c4
+from contrastlab.transfer.tasks import TransferTask
+from contrastlab.transfer.training import DetectionTraining, VocDetectionData
+from contrastlab.transfer.voc import VOC_CLASSES, read_voc
+
+RANDOM = "random"
+"""``--checkpoint random``: the randomly initialised backbone, the baseline a pretrained one
+must beat."""
+
+
+def detection_resnet(source: str, arch: str | None = None) -> nn.Module:
+    """The torchvision ResNet (ImageNet stem, plain BatchNorm) a detector is built around:
+    ``random`` (``arch``'s random initialisation), a contrastlab checkpoint (its online
+    backbone) or an export (``--format torchvision`` or ``safetensors``, with its ``.json``)."""
+    if source == RANDOM:
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"--checkpoint random needs --backbone, one of {ARCHITECTURES}")
+        return torchvision_resnet(arch)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".ckpt":
+        backbone = method_from_checkpoint(load_checkpoint_file(path)).backbone
+        if not isinstance(backbone, ResNetBackbone):
+            raise ValueError(
+                f"{path}: the C4 detector is built from a ResNet's stages; this run's backbone "
+                f"is {type(backbone).__name__} (a ViT would need a feature pyramid, as ViTDet)"
+            )
+        net = backbone.net
+    else:
+        net = torchvision_resnet(exported_arch(path))
+        net.load_state_dict(read_backbone_weights(path), strict=True)
+    for module in net.modules():
+        if isinstance(module, SplitBatchNorm):
+            module.num_splits = 1  # detection batches need not divide into MoCo's groups
+    return net
+
+
+def exported_arch(path: Path) -> str:
+    """The ResNet an export holds, from the ``.json`` written beside it."""
+    meta_path = Path(f"{path}.json")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: an export is read with its .json")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("arch") not in ARCHITECTURES:
+        raise ValueError(f"{path} holds {meta.get('arch')!r}; the C4 detector needs a ResNet")
+    return meta["arch"]
+
+
+def default_run_dir(source: str, task: TransferTask) -> Path:
+    """``<run dir>/eval/transfer_<task>`` for ``<run dir>/checkpoints/x.ckpt``, else
+    ``<source>_transfer_<task>`` beside the file."""
+    if source == RANDOM:
+        return Path(f"random_transfer_{task.name}")
+    path = Path(source).absolute()
+    if path.parent.name == "checkpoints":
+        return path.parent.parent / "eval" / f"transfer_{task.name}"
+    return path.parent / f"{path.stem}_transfer_{task.name}"
+
+
+def check_resumable(path: Path, checkpoint: dict, record: dict) -> None:
+    """A resumed transfer run keeps the settings it was started with."""
+    saved = (checkpoint.get("contrastlab") or {}).get("transfer")
+    if saved is None:
+        raise CheckpointError(f"{path} is not a transfer run's checkpoint")
+    before, after = flat(saved), flat(record)
+    changes = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in after.items() if before.get(k) != v]
+    if changes:
+        raise CheckpointError(
+            f"cannot resume {path} with other settings ({'; '.join(changes)}): drop them, or "
+            f"remove {path.parent.parent} to start over"
+        )
+
+
+def flat(record: dict, prefix: str = "") -> dict:
+    """``{"solver": {"lr": 0.02}}`` -> ``{"solver.lr": 0.02}``."""
+    items = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def run_record(task: TransferTask, source: str, batch: int, seed: int) -> dict:
+    """What a resumed run must keep: the task, its settings and solver, the backbone, the
+    batch and the seed (lists where JSON would turn tuples into them)."""
+    return json.loads(
+        json.dumps(
+            {
+                "task": task.name,
+                "source": source,
+                "settings": asdict(task.settings),
+                "solver": asdict(task.solver),
+                "global_batch": batch,
+                "seed": seed,
+            }
+        )
+    )
+
+
+def transfer(
+    task: TransferTask,
+    source: str,
+    root: str | Path,
+    batch: int = 16,
+    arch: str | None = None,
+    run_dir: Path | None = None,
+    launch: Launch | None = None,
+    resume: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Fine-tune the backbone of ``source`` at ``task`` on the VOC devkit ``root`` and test it;
+    returns (and on the first process writes to ``<run dir>.json``) the result: AP, AP50, AP75
+    and AP50 per class, with the run's settings and seconds."""
+    launch = launch or Launch()
+    start = time.perf_counter()
+    train, test = read_voc(root, task.train_splits), read_voc(root, task.test_splits)
+    torch.manual_seed(seed)  # the new layers' (and a random backbone's) initial weights
+    resnet = detection_resnet(source, arch)
+    detector = faster_rcnn_c4(resnet, len(VOC_CLASSES), task.settings)
+    record = run_record(task, source, batch, seed)
+    module = DetectionTraining(detector, task.solver, batch, seed, VOC_CLASSES, record)
+    data = VocDetectionData(
+        train, test, batch, 2 if launch.workers is None else launch.workers, seed
+    )
+    run_dir = run_dir or default_run_dir(source, task)
+    trainer, checkpoint = run_trainer(
+        run_dir,
+        launch,
+        resume,
+        lambda path, saved: check_resumable(path, saved, record),
+        max_steps=task.solver.iterations,
+        max_epochs=-1,
+        limit_val_batches=0,  # the test runs once, after training
+        inference_mode=False,  # precise BN updates statistics inside the test
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=str(checkpoint) if checkpoint else None)
+    trainer.limit_val_batches = 1.0
+    trainer.validate(module, datamodule=data, verbose=False)
+    if world()[0] != 0 or module.result is None:
+        return {}
+    result = {
+        "task": task.name,
+        "checkpoint": source,
+        **module.result,
+        "iterations": task.solver.iterations,
+        "global_batch": batch,
+        "processes": world()[1],
+        "precise_bn_batches": module.precise_bn_batches,
+        "train_images": len(train),
+        "test_images": len(test),
+        "seconds": time.perf_counter() - start,
+        "settings": record["settings"],
+        "solver": record["solver"],
+        "reproduces": task.reproduces,
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    atomic_write(Path(f"{run_dir}.json"), lambda f: f.write(text.encode()))
+    return result
+
+
+def summary(result: dict) -> str:
+    """One line: ``voc-c4: AP50 82.40  AP 57.00  AP75 63.60 (24000 iterations, 5:00:00)``."""
+    return (
+        f"{result['task']}: AP50 {result['AP50']:.2f}  AP {result['AP']:.2f}  "
+        f"AP75 {result['AP75']:.2f} ({result['iterations']} iterations of "
+        f"{result['global_batch']} images, {result['seconds']:.0f} s)"
+    )

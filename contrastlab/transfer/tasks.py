@@ -1,0 +1,97 @@
+"""The transfer protocols ``contrastlab transfer --task`` runs, with the papers' settings, and
+the smaller settings a user may ask for instead (never the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from contrastlab.transfer.detectors import C4Settings
+from contrastlab.transfer.solver import DetectionSolver
+from contrastlab.transfer.voc import TEST_SPLITS, TRAIN_SPLITS
+
+
+@dataclass(frozen=True)
+class TransferTask:
+    """A protocol: the detector's settings, the solver, the splits it trains and tests on, and
+    what it reproduces (the papers' numbers and where they come from)."""
+
+    name: str
+    settings: C4Settings
+    solver: DetectionSolver
+    train_splits: tuple[tuple[str, str], ...]
+    test_splits: tuple[tuple[str, str], ...]
+    reproduces: str
+
+
+VOC_C4 = TransferTask(
+    name="voc-c4",
+    settings=C4Settings(),
+    solver=DetectionSolver(),
+    train_splits=TRAIN_SPLITS,
+    test_splits=TEST_SPLITS,
+    reproduces=(
+        "Faster R-CNN R50-C4 on VOC07+12 trainval, tested on VOC07 test, 24k iterations of 16 "
+        "images (facebookresearch/moco detection/configs/pascal_voc_R_50_C4_24k_moco.yaml): "
+        "MoCo v2 800 ep 82.4 AP50 / 57.0 AP / 63.6 AP75 and SynCo 800 ep 82.6 / 57.2 / 63.9 "
+        "(SynCo's configs use lr 0.01: --lr 0.01), means of 5 trials"
+    ),
+)
+
+TASKS: dict[str, TransferTask] = {task.name: task for task in (VOC_C4,)}
+
+
+def scaled_steps(solver: DetectionSolver, iterations: int) -> tuple[int, ...]:
+    """The lr steps moved to ``iterations`` at the protocol's fractions (18k and 22k of 24k:
+    3/4 and 11/12), each at least 1 and increasing."""
+    steps = [max(1, round(s * iterations / solver.iterations)) for s in solver.steps]
+    return tuple(sorted({min(s, iterations - 1) for s in steps if iterations > 1}))
+
+
+def configure(
+    task: TransferTask,
+    iterations: int | None = None,
+    lr: float | None = None,
+    train_sizes: tuple[int, ...] | None = None,
+    max_size: int | None = None,
+    precise_bn_iterations: int | None = None,
+    roi_batch: int | None = None,
+    test_proposals: int | None = None,
+) -> TransferTask:
+    """``task`` with smaller settings: ``iterations`` (the lr steps keep their fractions of the
+    run and the warm-up is cut to the run when longer), the ``lr`` for the protocol's 16 images,
+    the training sizes (shorter side; the test size is the largest, as the protocol's 800 of
+    480-800), the longer-side cap, the precise-BN batches, and the two settings that set a
+    C4 detector's cost (every region runs through res5): the regions sampled per training image
+    (512) and the proposals kept per test image (1000)."""
+    solver, settings = task.solver, task.settings
+    if iterations is not None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        solver = replace(
+            solver,
+            iterations=iterations,
+            steps=scaled_steps(solver, iterations),
+            warmup_iterations=min(solver.warmup_iterations, iterations),
+        )
+    if lr is not None:
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        solver = replace(solver, lr=lr)
+    if precise_bn_iterations is not None:
+        if precise_bn_iterations < 0:
+            raise ValueError(f"precise-BN iterations must be >= 0, got {precise_bn_iterations}")
+        solver = replace(solver, precise_bn_iterations=precise_bn_iterations)
+    if train_sizes is not None or max_size is not None:
+        sizes = tuple(sorted(set(train_sizes or settings.train_sizes)))
+        longest = max_size or settings.max_size
+        if sizes[0] < 32 or longest < sizes[-1]:
+            raise ValueError(
+                f"training sizes {sizes} must be >= 32 px and within the longer-side cap {longest}"
+            )
+        settings = replace(settings, train_sizes=sizes, test_size=sizes[-1], max_size=longest)
+    for name, value in (("roi_batch", roi_batch), ("rpn_post_nms_test", test_proposals)):
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+            settings = replace(settings, **{name: value})
+    return replace(task, solver=solver, settings=settings)

@@ -1,0 +1,224 @@
+"""The detection fine-tune on the run machinery: a Lightning module and data module.
+
+:class:`DetectionTraining` trains a detector
+(:func:`~contrastlab.transfer.detectors.faster_rcnn_c4`) for the protocol's iterations with
+detectron2's solver (:mod:`contrastlab.transfer.solver`) and, as its validation, recomputes the
+BatchNorm statistics (precise BN) and scores the test images with VOC AP
+(:mod:`contrastlab.transfer.metrics`). Under several processes every BatchNorm is made global
+(detectron2's ``naiveSyncBN``) and each process takes its share of every global batch and of the
+test images.
+
+:class:`VocDetectionData` serves the images: training batches in an order drawn from
+``(seed, epoch)`` and split across processes (resumable mid-epoch, so a resumed run sees the
+same images), flips drawn from ``(seed, epoch, index)``, test images un-flipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader
+
+from contrastlab.data.sampling import GlobalBatchSampler, ResumableLoader
+from contrastlab.distributed import world
+from contrastlab.methods.base import restore_rng_states, rng_states
+from contrastlab.models.globalbn import globalise_batchnorm
+from contrastlab.transfer.data import DetectionImages, detection_collate
+from contrastlab.transfer.metrics import voc_detection_ap
+from contrastlab.transfer.solver import DetectionSolver, lr_factor, precise_bn, sgd
+from contrastlab.transfer.voc import VOC_CLASSES, VocImage
+
+Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
+
+
+class DetectionLoader(ResumableLoader):
+    """A :class:`ResumableLoader` of :class:`DetectionImages` that tells the images the epoch
+    before its workers start, so the flips follow ``(seed, epoch, index)``."""
+
+    def __iter__(self) -> Iterator[Any]:
+        self.dataset.set_epoch(self.global_sampler.epoch)  # a generator: after set_epoch
+        yield from super().__iter__()
+
+
+class VocDetectionData(pl.LightningDataModule):
+    """Training images (flipped at ``flip_prob``) in global batches of ``batch_size`` and the
+    test images, each split across the processes."""
+
+    def __init__(
+        self,
+        train: Sequence[VocImage],
+        test: Sequence[VocImage],
+        batch_size: int,
+        workers: int = 2,
+        seed: int = 0,
+        flip_prob: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.train, self.test = list(train), list(test)
+        self.batch_size, self.workers, self.seed = batch_size, workers, seed
+        self.flip_prob = flip_prob
+
+    def per_process(self) -> int:
+        processes = world()[1]
+        if self.batch_size % processes:
+            raise ValueError(
+                f"a global batch of {self.batch_size} images does not divide over {processes} "
+                "processes"
+            )
+        return self.batch_size // processes
+
+    def train_dataloader(self) -> DetectionLoader:
+        rank, processes = world()
+        if len(self.train) < self.batch_size:
+            raise ValueError(
+                f"{len(self.train)} training images cannot fill one global batch of "
+                f"{self.batch_size}"
+            )
+        batch = self.per_process()
+        sampler = GlobalBatchSampler(
+            len(self.train), batch, shuffle=True, seed=self.seed, rank=rank, world_size=processes
+        )
+        return DetectionLoader(
+            DetectionImages(self.train, self.flip_prob, self.seed),
+            batch_sampler=BatchSampler(sampler, batch, drop_last=True),
+            collate_fn=detection_collate,
+            num_workers=self.workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """The test images one at a time (detectron2's test batch), process ``r`` of ``n``
+        taking images ``r, r + n, r + 2n, ...``."""
+        rank, processes = world()
+        sampler = GlobalBatchSampler(
+            len(self.test), 1, shuffle=False, rank=rank, world_size=processes, drop_last=False
+        )
+        return DataLoader(
+            DetectionImages(self.test, flip_prob=0.0),
+            batch_sampler=BatchSampler(sampler, 1, drop_last=False),
+            collate_fn=detection_collate,
+            num_workers=self.workers,
+        )
+
+
+PRECISE_BN_EPOCH = 10**6
+"""The first epoch of the order precise BN reads (not one the run trains on)."""
+
+
+def endless(loader: DetectionLoader) -> Iterator[Batch]:
+    """The loader's batches, epoch after epoch from :data:`PRECISE_BN_EPOCH` on."""
+    for epoch in itertools.count(PRECISE_BN_EPOCH):
+        loader.global_sampler.set_epoch(epoch)
+        yield from loader
+
+
+class DetectionTraining(pl.LightningModule):
+    """A detector fine-tuned under a :class:`DetectionSolver` at ``global_batch`` images per
+    iteration; its validation is the protocol's test (precise BN over
+    ``solver.precise_bn_iterations`` training batches, then VOC AP of the test images), whose
+    result lands in :attr:`result` on the first process (``None`` elsewhere)."""
+
+    def __init__(
+        self,
+        detector: nn.Module,
+        solver: DetectionSolver,
+        global_batch: int,
+        seed: int = 0,
+        classes: Sequence[str] = VOC_CLASSES,
+        settings: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.detector, self.solver, self.global_batch = detector, solver, global_batch
+        self.seed, self.classes = seed, tuple(classes)
+        self.settings = settings or {}
+        self.result: dict | None = None
+        self.precise_bn_batches = 0
+        self._found: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def setup(self, stage: str) -> None:
+        rank, processes = world()
+        torch.manual_seed(self.seed * 1_000_003 + rank)  # sizes and RoI samples; resumes restore
+        if processes > 1:
+            globalise_batchnorm(self.detector)  # detectron2's naiveSyncBN, before the optimiser
+
+    # ----------------------------------------------------------------- training
+
+    def _to_device(self, batch: Batch) -> Batch:
+        images, targets = batch
+        images = [image.to(self.device, non_blocking=True) for image in images]
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+        return images, targets
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        images, targets = self._to_device(batch)
+        return self.detector(images, targets)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        losses = self.losses(batch)
+        loss = sum(losses.values())
+        size = len(batch[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=size, sync_dist=True)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=True, batch_size=size, sync_dist=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = sgd(self.detector, self.solver, self.global_batch)
+        factor = functools.partial(lr_factor, solver=self.solver)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.setdefault("contrastlab", {})
+        state.update(rng_states(None, self.device))
+        state["transfer"] = {
+            "solver": asdict(self.solver),
+            "global_batch": self.global_batch,
+            "seed": self.seed,
+            **self.settings,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_rng_states(None, checkpoint.get("contrastlab"))
+
+    # ----------------------------------------------------------------- the test
+
+    def on_validation_start(self) -> None:
+        """Precise BN: the BatchNorm statistics averaged over training batches (the same
+        count in every process, so global BatchNorm's all-reduces pair up)."""
+        iterations = self.solver.precise_bn_iterations
+        self.precise_bn_batches = 0
+        if iterations > 0:
+            loader = self.trainer.datamodule.train_dataloader()
+            batches = itertools.islice(endless(loader), iterations)
+            self.precise_bn_batches = precise_bn(self.detector, self.losses, batches)
+        self._found = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets = self._to_device(batch)
+        for target, found in zip(targets, self.detector(images), strict=True):
+            self._found.append((int(target["index"]), {k: v.cpu() for k, v in found.items()}))
+
+    def on_validation_epoch_end(self) -> None:
+        found = self._found
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shares: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, found)
+            found = [item for share in shares for item in share]
+        self._found = []
+        if world()[0] != 0:
+            return
+        found.sort(key=lambda item: item[0])
+        test = self.trainer.datamodule.test
+        if [index for index, _ in found] != list(range(len(test))):
+            raise RuntimeError(f"the test scored {len(found)} of {len(test)} images")
+        predictions = [{**p, "labels": p["labels"] - 1} for _, p in found]  # 0: background
+        self.result = voc_detection_ap(test, predictions, self.classes)

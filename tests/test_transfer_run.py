@@ -1,0 +1,280 @@
+"""``contrastlab transfer``: the protocol's settings and their smaller variants, the backbone a
+detector starts from, the loaders, the test's score against the detector's own outputs, and a
+run killed mid-way that resumes exactly. On a VOC devkit the tests write (tests/scenes.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import QUIET_BATCHES_OF_16, TINY_MOCO, fit_run, write_cifar
+from scenes import write_scene_devkit
+from test_crashproof import assert_same_state
+
+import contrastlab.transfer.training as training
+from contrastlab.app.cli import main
+from contrastlab.app.transfer import default_run_dir, detection_resnet
+from contrastlab.runs.resume import CheckpointError, load_checkpoint_file
+from contrastlab.transfer.detectors import faster_rcnn_c4
+from contrastlab.transfer.metrics import voc_detection_ap
+from contrastlab.transfer.tasks import VOC_C4, configure, scaled_steps
+from contrastlab.transfer.training import DetectionTraining, VocDetectionData
+from contrastlab.transfer.voc import TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, read_voc
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_the_default_task_is_the_papers_protocol():
+    s, solver = VOC_C4.settings, VOC_C4.solver
+    assert (solver.iterations, solver.steps, solver.warmup_iterations) == (
+        24000,
+        (18000, 22000),
+        100,
+    )
+    assert (solver.lr, solver.batch, solver.precise_bn_iterations) == (0.02, 16, 200)
+    assert s.train_sizes == tuple(range(480, 801, 32)) and s.test_size == 800
+    assert (s.roi_batch, s.rpn_post_nms_test, s.max_size) == (512, 1000, 1333)
+    assert VOC_C4.train_splits == TRAIN_SPLITS and VOC_C4.test_splits == TEST_SPLITS
+
+
+def test_smaller_settings_keep_the_schedules_shape():
+    assert scaled_steps(VOC_C4.solver, 240) == (180, 220)  # 3/4 and 11/12, as 18k/22k of 24k
+    assert scaled_steps(VOC_C4.solver, 2400) == (1800, 2200)
+    small = configure(VOC_C4, iterations=60, lr=0.01, train_sizes=(128, 96), max_size=200)
+    assert small.solver.steps == (45, 55) and small.solver.warmup_iterations == 60
+    assert small.solver.lr == 0.01 and small.solver.iterations == 60
+    assert small.settings.train_sizes == (96, 128) and small.settings.test_size == 128
+    assert configure(VOC_C4, iterations=1000).solver.warmup_iterations == 100
+    cheap = configure(VOC_C4, roi_batch=32, test_proposals=50, precise_bn_iterations=0)
+    assert (cheap.settings.roi_batch, cheap.settings.rpn_post_nms_test) == (32, 50)
+    assert cheap.solver.precise_bn_iterations == 0
+    assert configure(VOC_C4) == VOC_C4
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"iterations": 0}, "iterations"),
+        ({"lr": 0.0}, "lr"),
+        ({"train_sizes": (16, 64)}, ">= 32"),
+        ({"train_sizes": (96,), "max_size": 64}, "cap"),
+        ({"roi_batch": 0}, "roi_batch"),
+        ({"precise_bn_iterations": -1}, "precise-BN"),
+    ],
+)
+def test_impossible_settings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        configure(VOC_C4, **changes)
+
+
+# --------------------------------------------------------------------------- the backbone
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A tiny MoCo v2 checkpoint with the ImageNet stem and SplitBatchNorm (2 groups)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    write_cifar(root, per_batch=20, structured=True)
+    options = [*TINY_MOCO, *QUIET_BATCHES_OF_16, "--trainer.max_epochs", "1"]
+    options += ["--model.augment.size", "32", "--model.cifar_stem", "false"]
+    options += ["--data.train_subset", "32", "--data.eval_subset", "16"]
+    fit_run(root / "run", root, "cifar10/mocov2", *options)
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_the_detector_starts_from_the_checkpoints_backbone_or_its_export(pretrained, tmp_path):
+    saved = load_checkpoint_file(pretrained)["state_dict"]
+    backbone = {k.removeprefix("backbone.net."): v for k, v in saved.items()}
+    net = detection_resnet(str(pretrained))
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, backbone[name]), name
+    splits = [m.num_splits for m in net.modules() if hasattr(m, "num_splits")]
+    assert splits and set(splits) == {1}  # MoCo's groups do not apply to detection batches
+    out = tmp_path / "backbone.pth"
+    main(["export", "--checkpoint", str(pretrained), "--format", "torchvision", "--out", str(out)])
+    exported = detection_resnet(str(out))
+    for name, value in exported.state_dict().items():
+        assert torch.equal(value, backbone[name]), name
+    Path(f"{out}.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"backbone\.pth\.json"):
+        detection_resnet(str(out))
+    assert default_run_dir(str(pretrained), VOC_C4) == pretrained.parents[1] / "eval" / (
+        "transfer_voc-c4"
+    )
+    assert default_run_dir(str(out), VOC_C4) == tmp_path / "backbone_transfer_voc-c4"
+
+
+def test_backbones_a_c4_detector_cannot_use_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--backbone"):
+        detection_resnet("random")
+    random = detection_resnet("random", "resnet18")
+    assert random.conv1.kernel_size == (7, 7)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        detection_resnet(str(tmp_path / "missing.ckpt"))
+
+
+# --------------------------------------------------------------------------- data and the test
+
+
+@pytest.fixture(scope="module")
+def devkit(tmp_path_factory) -> Path:
+    return write_scene_devkit(tmp_path_factory.mktemp("scenes"), train07=6, train12=2, test=4)
+
+
+def test_each_process_loads_its_share_of_each_global_batch_flipped_by_epoch(devkit, monkeypatch):
+    train, test = read_voc(devkit, TRAIN_SPLITS), read_voc(devkit, TEST_SPLITS)
+
+    def batches(rank: int, processes: int, epoch: int) -> list[list[int]]:
+        monkeypatch.setattr(training, "world", lambda: (rank, processes))
+        loader = VocDetectionData(train, test, 4, workers=0, seed=3).train_dataloader()
+        loader.global_sampler.set_epoch(epoch)
+        found = []
+        for _, targets in loader:
+            for target in targets:
+                index = int(target["index"])
+                flipped = not torch.equal(target["boxes"], train[index].boxes())
+                assert flipped == loader.dataset.flipped(index)  # the epoch's own draw
+            found.append([int(t["index"]) for t in targets])
+        return found
+
+    whole = batches(0, 1, epoch=1)
+    halves = zip(batches(0, 2, epoch=1), batches(1, 2, epoch=1), strict=True)
+    assert [a + b for a, b in halves] == whole
+    assert len(whole) == 2 and sorted(i for batch in whole for i in batch) == list(range(8))
+    assert batches(0, 1, epoch=2) != whole  # a new order each epoch
+    monkeypatch.setattr(training, "world", lambda: (1, 2))
+    shares = VocDetectionData(train, test, 4, workers=0).val_dataloader()
+    assert [int(t["index"]) for _, targets in shares for t in targets] == [1, 3]
+    monkeypatch.setattr(training, "world", lambda: (0, 3))
+    with pytest.raises(ValueError, match="does not divide over 3"):
+        VocDetectionData(train, test, 4, workers=0).train_dataloader()
+
+
+SMALL = configure(
+    VOC_C4,
+    iterations=2,
+    train_sizes=(64, 80),
+    max_size=120,
+    precise_bn_iterations=3,
+    roi_batch=16,
+    test_proposals=20,
+)
+
+
+def test_the_test_scores_the_detectors_own_outputs_after_precise_bn(devkit):
+    """The reported AP equals VOC AP of the tested detector's outputs computed here (classes
+    shifted back from torchvision's background 0), and the statistics it tested with are
+    precise BN's."""
+    import torchvision
+
+    train, test = read_voc(devkit, TRAIN_SPLITS), read_voc(devkit, TEST_SPLITS)
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None)
+    module = DetectionTraining(faster_rcnn_c4(resnet, 20, SMALL.settings), SMALL.solver, 2)
+    data = VocDetectionData(train, test, 2, workers=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        inference_mode=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    trained = copy.deepcopy(module.detector)
+    trainer.limit_val_batches = 1.0
+    trainer.validate(module, datamodule=data, verbose=False)
+    assert module.precise_bn_batches == 3
+    norms = [m for m in module.detector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert int(norms[0].num_batches_tracked) == 3  # one cumulative average over 3 batches
+    assert not torch.equal(norms[0].running_mean, before[0].running_mean)
+
+    module.detector.eval()
+    images = training.DetectionImages(test, flip_prob=0.0)
+    with torch.no_grad():
+        outputs = [module.detector([images[i][0]])[0] for i in range(len(test))]
+    expected = voc_detection_ap(test, [{**o, "labels": o["labels"] - 1} for o in outputs])
+    assert module.result == expected
+    assert module.result["AP50_per_class"].keys() == set(VOC_CLASSES)
+
+
+# --------------------------------------------------------------------------- a run
+
+
+def transfer_command(devkit: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "transfer", "--task", "voc-c4", "--checkpoint", "random", "--backbone", "resnet18",
+        "--data.root", str(devkit), "--out", str(out), "--batch-size", "2",
+        "--iterations", "8", "--train-sizes", "64", "80", "--max-size", "120",
+        "--roi-batch", "16", "--test-proposals", "20", "--precise-bn-iterations", "2",
+        "--device", "cpu", "--precision", "32-true", "--workers", "0", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def kill_at_first_checkpoint(args: list[str], run_dir: Path, log: Path) -> int:
+    """Run ``contrastlab`` in a process, SIGKILL it once its first ``last.ckpt`` exists (no
+    handler runs) and return that checkpoint's step."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "contrastlab", *args], stdout=out, stderr=out, env=env
+        )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, log.read_text()[-2000:]
+    return int(load_checkpoint_file(last)["global_step"])
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_resumes_exactly_and_writes_its_result(devkit, tmp_path, capsys):
+    """8 images in global batches of 2 (4 iterations an epoch), 8 iterations: killed after its
+    first checkpoint (epoch 1's end), resumed, it ends in the uninterrupted run's state with its
+    result."""
+    straight = tmp_path / "straight"
+    main(transfer_command(devkit, straight, "--seed", "1"))
+    assert "voc-c4: AP50" in capsys.readouterr().out
+    killed = tmp_path / "killed"
+    step = kill_at_first_checkpoint(
+        transfer_command(devkit, killed, "--seed", "1"), killed, tmp_path / "killed.log"
+    )
+    assert step == 4  # epoch 0's end, half-way
+    with pytest.raises(SystemExit, match="add --resume"):
+        main(transfer_command(devkit, killed, "--seed", "1"))
+    with pytest.raises(SystemExit, match=r"lr.*drop them"):
+        main(transfer_command(devkit, killed, "--seed", "1", "--lr", "0.01", "--resume"))
+    main(transfer_command(devkit, killed, "--seed", "1", "--resume"))
+
+    ends = [run / "checkpoints" / "last.ckpt" for run in (straight, killed)]
+    assert_same_state(*ends, rng_keys=("torch_rng",))
+    results = [json.loads(Path(f"{run}.json").read_text()) for run in (straight, killed)]
+    for key in ("AP", "AP50", "AP75", "AP50_per_class"):
+        assert results[0][key] == results[1][key], key
+    result = results[0]
+    assert result["iterations"] == 8 and result["global_batch"] == 2
+    assert result["train_images"] == 8 and result["test_images"] == 4
+    assert result["precise_bn_batches"] == 2 and result["solver"]["steps"] == [6, 7]
+    assert result["settings"]["train_sizes"] == [64, 80] and "82.4" in result["reproduces"]
+    rows = (straight / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and "train/loss_objectness" in rows[0]
+
+
+def test_a_resume_of_another_kind_of_run_is_refused(tmp_path):
+    from contrastlab.app.transfer import check_resumable
+
+    with pytest.raises(CheckpointError, match="not a transfer run"):
+        check_resumable(tmp_path / "last.ckpt", {"contrastlab": {}}, {"task": "voc-c4"})
