@@ -57,11 +57,11 @@ COMMON = [
     "--model.augment.std",
     "[0.2470, 0.2435, 0.2616]",
 ]
-"""What every recipe shares: the CIFAR recipe's network (ResNet-18, CIFAR stem) at 32 px, with
-milder views than the recipe (crops of 40-100% of the image, colour jitter half the time,
-grayscale a tenth): with the recipe's views, kNN first falls below the untrained encoder's (the
-network unlearns the colour statistics random features classify by) and needs about 300 steps
-to climb back, too long for CI; with these it rises from the start (bench/RESULTS.md)."""
+"""What every recipe shares: CIFAR-10 at 32 px with milder views than the recipe (crops of
+40-100% of the image, colour jitter half the time, grayscale a tenth): with the recipe's views,
+kNN first falls below the untrained encoder's and needs about 300 steps to climb back, too long
+for CI; with these it rises from the start (bench/RESULTS.md). The network is
+:func:`tiny_convnext`'s."""
 
 
 class StopAfterEpochs(pl.Callback):
@@ -86,13 +86,16 @@ class Recipe:
 def tiny_convnext(lr: float) -> tuple[str, ...]:
     """The options for timm's tiny test ConvNeXt with AdamW at ``lr``.
 
-    BYOL and SimSiam train timm's 0.2 M-parameter test ConvNeXt (LayerNorm, 64 features, a 1 px
+    Every recipe trains timm's 0.2 M-parameter test ConvNeXt (LayerNorm, 64 features, a 1 px
     stem so that 32 px images keep a 4x4 map) with AdamW, ConvNeXt's own optimiser. On the CIFAR
-    ResNet-18 neither leaves the early dip within a CI-sized run: its BatchNorm, identity in the
-    untrained encoder, costs about 4.7 kNN points once it holds the data's statistics (a zero
-    learning rate alone does that), and without negatives BYOL and SimSiam take longer than MoCo to
-    make that up (bench/RESULTS.md). A network without batch statistics has no such offset, so its
-    whole gain is learning; its steps are also about 4x cheaper."""
+    ResNet-18 BYOL and SimSiam do not leave the early dip within a CI-sized run: its BatchNorm,
+    identity in the untrained encoder, costs about 4.7 kNN points once it holds the data's
+    statistics (a zero learning rate alone does that), and without negatives BYOL and SimSiam
+    take longer than MoCo to make that up (bench/RESULTS.md). A network without batch statistics
+    has no such offset, so its whole gain is learning (a zero learning rate gains exactly 0).
+    Its steps are also 4-7x cheaper than the ResNet-18's, which is what moved MoCo v2, SynCo and
+    SimCLR + ContrastiveCrop onto it too: on a 2-core AVX2 CPU their three ResNet runs took
+    1,700 s of CI, these take about 70 s each."""
     return (
         "--model.backbone",
         "timm/test_convnext",
@@ -112,16 +115,15 @@ def tiny_convnext(lr: float) -> tuple[str, ...]:
 RECIPES: dict[str, Recipe] = {
     "mocov2": Recipe(
         "cifar10/mocov2",
-        ("--model.bn_splits", "2", "--model.lr", "0.03", "--model.queue_size", "1024"),
-        margin=1.0,  # seeds 0-2 gained +3.70, +2.50, +2.60; a frozen queue -2.60
+        (*tiny_convnext(lr=0.002), "--model.queue_size", "1024"),
+        # seeds 0-2 gained +6.10, +4.60, +4.30; a zero learning rate +0.00 (a frozen queue
+        # +3.70: not caught, see BROKEN)
+        margin=2.0,
     ),
     "mocov2_synco": Recipe(
         "cifar10/mocov2_synco",
         (
-            "--model.bn_splits",
-            "2",
-            "--model.lr",
-            "0.03",
+            *tiny_convnext(lr=0.002),
             "--model.queue_size",
             "1024",
             "--model.synthetic.init_args.n_hard",
@@ -129,13 +131,12 @@ RECIPES: dict[str, Recipe] = {
             "--model.synthetic_warmup_epochs",
             "1",
         ),
-        margin=0.25,  # seeds 0-2 gained +1.40, +1.00, +2.40; a zero learning rate -4.70
+        margin=2.0,  # seeds 0-2 gained +5.00, +4.20, +4.40; a zero learning rate +0.00
     ),
     "simclr_ccrop": Recipe(
         "cifar10/simclr_ccrop",
         (
-            "--model.lr",
-            "0.03",
+            *tiny_convnext(lr=0.002),
             "--model.temperature",
             "0.1",
             "--model.crop.init_args.warmup_epochs",
@@ -145,10 +146,9 @@ RECIPES: dict[str, Recipe] = {
             "--model.base_temperature",
             "null",
         ),
-        # seeds 0-2 gained +7.50, +7.30, +2.70 with ContrastiveCrop's crops at the views' scale
-        # (0.4-1; +4.10, +5.50, +2.80 when they were drawn from 0.2-1); positives paired with
-        # another image -4.50 (at the recipe's T = 0.5 and lr 0.1, seed 0 ended at -1.10)
-        margin=1.0,
+        # seeds 0-2 gained +6.70, +3.80, +6.40; a zero learning rate +0.00 (positives paired
+        # with another image +3.70: not caught, see BROKEN)
+        margin=1.5,
     ),
     "byol": Recipe(
         "cifar10/byol",
@@ -255,9 +255,18 @@ def shuffled_positives() -> contextlib.AbstractContextManager:
 Breakage = tuple[str, Callable[[], contextlib.AbstractContextManager]]
 
 BROKEN: dict[str, list[Breakage]] = {
-    "mocov2": [("a queue that never updates", frozen_queue)],
+    "mocov2": [
+        ("a zero learning rate", zero_learning_rate),
+        (
+            "a queue that never updates (not caught: fixed random negatives still teach)",
+            frozen_queue,
+        ),
+    ],
     "mocov2_synco": [("a zero learning rate", zero_learning_rate)],
-    "simclr_ccrop": [("positives paired with another image", shuffled_positives)],
+    "simclr_ccrop": [
+        ("a zero learning rate", zero_learning_rate),
+        ("positives paired with another image (not caught: it still learns)", shuffled_positives),
+    ],
     "byol": [("a zero learning rate", zero_learning_rate)],
     "simsiam": [
         ("a zero learning rate", zero_learning_rate),
@@ -265,6 +274,8 @@ BROKEN: dict[str, list[Breakage]] = {
     ],
 }
 """For each recipe, the broken variants that bench/learning_margins.py runs: the first is the
-one its test must fail on. SimSiam's second shows what 128 steps cannot catch: without the
-stop-gradient it has not collapsed yet (``tests/test_frameworks.py`` checks the stop-gradient
-itself)."""
+one its test must fail on. The others show what 128 steps cannot catch: SimSiam without the
+stop-gradient has not collapsed yet (``tests/test_frameworks.py`` checks the stop-gradient
+itself), and MoCo against a queue that never updates still learns from its 1,024 fixed random
+negatives, and SimCLR with each view's positive taken from another image still gains
+(``tests/test_frameworks.py`` checks the queue's update and NT-Xent's pairs)."""

@@ -137,6 +137,8 @@ def test_every_framework_trains_with_and_without_contrastive_crop(
     assert checkpoint["global_step"] == 2
     assert "knn/top1" in (run_dir / "metrics.csv").read_text()
     state = checkpoint["state_dict"]
+    if framework == "mocov2":  # the queue holds both steps' 16 keys (a frozen one would not)
+        assert int(state["queue.pointer"]) == 32 and int((state["queue.indices"] >= 0).sum()) == 32
     assert ("views.box_sampler.boxes" in state) == ccrop
     if ccrop:
         boxes = state["views.box_sampler.boxes"]
