@@ -13,7 +13,9 @@ import pytest
 import torch
 from callbacks import StopAfterFirstEpoch  # noqa: F401 (conftest.StopAfterFirstEpoch)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+"""pytest-xdist's worker processes (1 without it): they share the machine's cores."""
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 
 def device_from_environment(value: str | None) -> torch.device:
