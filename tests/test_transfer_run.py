@@ -223,6 +223,10 @@ def transfer_command(devkit: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_images(devkit: Path) -> list:
+    return read_voc(devkit, TEST_SPLITS)
+
+
 def kill_at_first_checkpoint(args: list[str], run_dir: Path, log: Path) -> int:
     """Run ``contrastlab`` in a process, SIGKILL it once its first ``last.ckpt`` exists (no
     handler runs) and return that checkpoint's step."""
@@ -269,6 +273,7 @@ def test_a_run_killed_mid_way_resumes_exactly_and_writes_its_result(devkit, tmp_
     assert result["train_images"] == 8 and result["test_images"] == 4
     assert result["precise_bn_batches"] == 2 and result["solver"]["steps"] == [6, 7]
     assert result["settings"]["train_sizes"] == [64, 80] and "82.4" in result["reproduces"]
+    assert [e["image"] for e in result["examples"]] == [str(i.path) for i in test_images(devkit)]
     rows = (straight / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and "train/loss_objectness" in rows[0]
 
@@ -278,3 +283,33 @@ def test_a_resume_of_another_kind_of_run_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="not a transfer run"):
         check_resumable(tmp_path / "last.ckpt", {"contrastlab": {}}, {"task": "voc-c4"})
+
+
+def test_a_report_shows_the_ap_and_the_detections_on_test_photos(devkit, tmp_path):
+    from contrastlab.app.report import write_report
+    from contrastlab.transfer.training import detection_examples
+
+    test = read_voc(devkit, TEST_SPLITS)
+    found = [
+        {
+            "boxes": torch.cat([image.boxes(), torch.tensor([[1.0, 1.0, 9.0, 9.0]])]),
+            "labels": torch.cat([image.labels(), torch.tensor([0])]),
+            "scores": torch.cat([torch.full((len(image.objects),), 0.9), torch.tensor([0.4])]),
+        }
+        for image in test
+    ]
+    examples = detection_examples(test, found, VOC_CLASSES)
+    assert len(examples) == 4 and examples[0]["image"] == str(test[0].path)
+    assert examples[0]["boxes"] == examples[0]["truth"]  # the 0.4 detection is left out
+    assert examples[0]["labels"] == examples[0]["truth_labels"]
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,step,train/loss_step\n0,0,1.5\n0,1,1.2\n")
+    result = {"task": "voc-c4", "AP": 57.0, "AP50": 82.4, "AP75": 63.6, "iterations": 24000}
+    result |= {"global_batch": 16, "examples": examples}
+    (run / "eval" / "transfer_voc-c4.json").write_text(json.dumps(result))
+    write_report([run], pictures=False, figures=tmp_path / "figures")
+    table = (tmp_path / "figures" / "results.md").read_text()
+    assert "AP50 / AP / AP75 82.40 / 57.00 / 63.60 (voc-c4, 24,000 iterations of 16)" in table
+    picture = run / "report" / "transfer_voc-c4_run.png"
+    assert picture.is_file() and "transfer_voc-c4_run.png" in (run / "report.html").read_text()

@@ -142,6 +142,36 @@ def _box_patch(
     )
 
 
+def detection_figure(examples: list[dict], title: str = "") -> Figure:
+    """Test photos side by side: annotated boxes dashed white, detections solid with their class
+    and score (``examples`` as :func:`contrastlab.transfer.training.detection_examples` writes
+    them); a photo that cannot be read is drawn as an empty panel saying so."""
+    from PIL import Image
+
+    figure = Figure(figsize=(3.2 * len(examples), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(examples), squeeze=False)[0]
+    for axis, example in zip(axes, examples, strict=True):
+        axis.set_axis_off()
+        axis.set_title(Path(example["image"]).name, fontsize=8)
+        try:
+            with Image.open(example["image"]) as photo:
+                axis.imshow(photo.convert("RGB"))
+        except OSError:
+            axis.text(0.5, 0.5, "photo not found", ha="center", transform=axis.transAxes)
+            continue
+        for x0, y0, x1, y1 in example["truth"]:
+            axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--"))
+        for (x0, y0, x1, y1), label, score in zip(
+            example["boxes"], example["labels"], example["scores"], strict=True
+        ):
+            axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="#e41a1c", lw=1.5))
+            axis.text(x0, y0, f"{label} {score:.2f}", color="white", fontsize=7, va="bottom",
+                      bbox={"facecolor": "#e41a1c", "pad": 1, "lw": 0})  # fmt: skip
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return figure
+
+
 def save_figure(figure: Figure, out: str | Path, dpi: int = 150) -> Path:
     """Write ``figure`` (PNG, PDF or SVG by suffix); the folder is created."""
     out = Path(out)

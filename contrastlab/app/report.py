@@ -22,7 +22,7 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 
-from contrastlab.app.figures import save_figure
+from contrastlab.app.figures import detection_figure, save_figure
 from contrastlab.app.fit import format_duration
 from contrastlab.io import atomic_write
 from contrastlab.runs.run_info import read_run_info
@@ -275,10 +275,22 @@ def final_table(runs: list[Run]) -> ResultsTable:
         ]
         for name in columns[6:]:
             result = run.results.get(name, {})
+            if "AP50" in result:  # contrastlab transfer
+                cells.append(transfer_text(result))
+                continue
             top1 = result.get("top1", (result.get("results") or [{}])[0].get("top1"))
             cells.append(f"{top1:.2f}% ({_label(result)})" if top1 is not None else "")
         rows.append((run.name, cells))
     return ResultsTable(columns, rows)
+
+
+def transfer_text(result: dict) -> str:
+    """``AP50 / AP / AP75 82.40 / 57.00 / 63.60 (voc-c4, 24,000 iterations of 16)``."""
+    values = " / ".join(f"{result[k]:.2f}" for k in ("AP50", "AP", "AP75"))
+    return (
+        f"AP50 / AP / AP75 {values} ({result.get('task', '?')}, "
+        f"{result.get('iterations', 0):,} iterations of {result.get('global_batch', '?')})"
+    )
 
 
 def rankme_text(run: Run) -> str:
@@ -404,6 +416,10 @@ def _write_report(run_dirs, out, embed_subset, device, names, pictures, figures)
     add("Every other logged curve", curve_figure(runs, other, "other curves", "step"), "other.png")
     for run in runs:
         _add_view_grids(run, images, sections)
+        for name, result in run.results.items():
+            if result.get("examples"):
+                title = f"Detections after {name}: {run.name} ({transfer_text(result)})"
+                add(title, detection_figure(result["examples"]), f"{name}_{run.name}.png")
     notes = []
     if pictures:
         notes += _add_pictures(runs, images, sections, embed_subset, device, add)

@@ -222,3 +222,31 @@ class DetectionTraining(pl.LightningModule):
             raise RuntimeError(f"the test scored {len(found)} of {len(test)} images")
         predictions = [{**p, "labels": p["labels"] - 1} for _, p in found]  # 0: background
         self.result = voc_detection_ap(test, predictions, self.classes)
+        self.result["examples"] = detection_examples(test, predictions, self.classes)
+
+
+EXAMPLE_IMAGES, EXAMPLE_SCORE, EXAMPLE_BOXES = 4, 0.5, 20
+
+
+def detection_examples(
+    images: Sequence[VocImage],
+    predictions: Sequence[dict[str, torch.Tensor]],
+    classes: Sequence[str],
+) -> list[dict]:
+    """What a report draws: for the first :data:`EXAMPLE_IMAGES` test images, the photo, its
+    annotated boxes and the detections scoring at least :data:`EXAMPLE_SCORE` (the best
+    :data:`EXAMPLE_BOXES`), boxes in the detector's 0-based pixels."""
+    examples = []
+    for image, found in zip(images[:EXAMPLE_IMAGES], predictions, strict=False):
+        keep = (found["scores"] >= EXAMPLE_SCORE).nonzero().flatten()[:EXAMPLE_BOXES]
+        examples.append(
+            {
+                "image": str(image.path),
+                "truth": [[round(v, 1) for v in box] for box in image.boxes().tolist()],
+                "truth_labels": [classes[i] for i in image.labels().tolist()],
+                "boxes": [[round(v, 1) for v in box] for box in found["boxes"][keep].tolist()],
+                "labels": [classes[i] for i in found["labels"][keep].tolist()],
+                "scores": [round(v, 3) for v in found["scores"][keep].tolist()],
+            }
+        )
+    return examples
