@@ -274,6 +274,13 @@ def test_a_run_killed_mid_way_resumes_exactly_and_writes_its_result(devkit, tmp_
     assert result["precise_bn_batches"] == 2 and result["solver"]["steps"] == [6, 7]
     assert result["settings"]["train_sizes"] == [64, 80] and "82.4" in result["reproduces"]
     assert [e["image"] for e in result["examples"]] == [str(i.path) for i in test_images(devkit)]
+    tested = torch.load(straight / "detector.pth", weights_only=True)  # after precise BN
+    trained = load_checkpoint_file(ends[0])["state_dict"]
+    assert tested.keys() == {k.removeprefix("detector.") for k in trained}
+    moved = [k for k in tested if not torch.equal(tested[k], trained[f"detector.{k}"])]
+    assert moved and all(
+        k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in moved
+    )
     rows = (straight / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and "train/loss_objectness" in rows[0]
 

@@ -5,7 +5,8 @@ exact resume, ``metrics.csv`` and TensorBoard, a progress bar with the run's ETA
 
 The run's folder is ``<run dir>/eval/transfer_<task>/`` for a contrastlab checkpoint (beside
 its other evaluations) and ``<export>_transfer_<task>/`` beside an exported backbone; the
-result is written beside the folder as ``<folder>.json``.
+result is written beside the folder as ``<folder>.json``, and the tested detector (its weights
+after precise BN) as ``<folder>/detector.pth``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from contrastlab.transfer.detectors import faster_rcnn_c4
 from contrastlab.transfer.tasks import TransferTask
 from contrastlab.transfer.training import DetectionTraining, VocDetectionData
 from contrastlab.transfer.voc import VOC_CLASSES, read_voc
+
+DETECTOR_FILE = "detector.pth"
+"""The tested detector's state dict (after precise BN), in the run's folder."""
 
 RANDOM = "random"
 """``--checkpoint random``: the randomly initialised backbone, the baseline a pretrained one
@@ -168,6 +172,8 @@ def transfer(
     trainer.validate(module, datamodule=data, verbose=False)
     if world()[0] != 0 or module.result is None:
         return {}
+    weights = run_dir / DETECTOR_FILE
+    atomic_write(weights, lambda f: torch.save(module.detector.state_dict(), f))
     result = {
         "task": task.name,
         "checkpoint": source,
@@ -179,6 +185,7 @@ def transfer(
         "train_images": len(train),
         "test_images": len(test),
         "seconds": time.perf_counter() - start,
+        "detector": str(weights),
         "settings": record["settings"],
         "solver": record["solver"],
         "reproduces": task.reproduces,
