@@ -18,25 +18,6 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 
 
-LONGEST_FILES = (
-    "test_learning.py",
-    "test_crashproof.py",
-    "test_distributed.py",
-    "test_classifier.py",
-    "test_reproduce.py",
-    "test_transfer_run.py",
-)
-"""The test files that take longest, longest first (minutes each on 2 cores)."""
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the longest files first: the xdist workers take whole files in collection order
-    (``--dist loadfile``), and a long file started last would leave one worker idle while the
-    other finishes it. The order within a file and among the others is kept."""
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
-
-
 def device_from_environment(value: str | None) -> torch.device:
     """``CONTRASTLAB_TEST_DEVICE``: ``cpu`` (the default) or ``cuda[:N]``, where the tests'
     training runs (and the tensors of the tests that import :data:`TEST_DEVICE`) go."""

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from conftest import tiny_moco_fit
 
+from contrastlab.runs.resume import load_checkpoint_file
+
 KINDS = ("mid-step", "mid-write", "epoch-boundary")
 
 
@@ -51,6 +53,24 @@ def fit_arguments(run_dir: Path, data_root: Path, *extra: str) -> list[str]:
         "2",
         *extra,
     )
+
+
+def kill_at_first_checkpoint(args: list[str], run_dir: Path, log: Path) -> dict:
+    """Run ``contrastlab *args`` in a process, SIGKILL it as soon as its first ``last.ckpt``
+    exists (mid-run: no handler runs) and return that checkpoint. The process gets as many
+    threads as this one, so that fp32 sums agree to the last bit with a run made here."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "contrastlab", *args], stdout=out, stderr=out, env=env
+        )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, log.read_text()[-2000:]
+    return load_checkpoint_file(last)
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:

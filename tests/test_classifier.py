@@ -8,15 +8,14 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import QUIET_BATCHES_OF_16, fit_run
+from kill_harness import kill_at_first_checkpoint
 from photos import write_photo_folder
 from test_crashproof import assert_same_state
 from torch import nn
@@ -141,24 +140,6 @@ def command(checkpoint: Path, *args: str) -> list[str]:
     return [*args[:1], "--checkpoint", str(checkpoint), *args[1:], *QUIET]
 
 
-def kill_after_first_epoch(args: list[str], run_dir: Path, log: Path) -> int:
-    """Start ``contrastlab`` in a process, SIGKILL it as soon as its first ``last.ckpt``
-    exists (mid-run: no handler runs), and return the epoch that checkpoint holds."""
-    # as many threads as this process (conftest's): fp32 sums then agree to the last bit
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "contrastlab", *args], stdout=out, stderr=out, env=env
-        )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, log.read_text()[-2000:]
-    return int(load_checkpoint_file(last)["epoch"])
-
-
 def backbone_state(checkpoint: dict, prefix: str) -> dict[str, torch.Tensor]:
     state = checkpoint["state_dict"]
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -173,7 +154,9 @@ def test_a_run_on_a_photo_folder_survives_a_kill_and_resumes_exactly(tmp_path, p
     main(command(straight, *args))
     killed = copy_run(pretrained, tmp_path / "killed")
     run_dir = killed.parent.parent / "eval" / name
-    epoch = kill_after_first_epoch(command(killed, *args), run_dir, tmp_path / "killed.log")
+    epoch = int(
+        kill_at_first_checkpoint(command(killed, *args), run_dir, tmp_path / "log")["epoch"]
+    )
     assert epoch < int(args[args.index("--epochs") + 1]) - 1  # killed before the end
     with pytest.raises(SystemExit, match="add --resume"):
         main(command(killed, *args))
