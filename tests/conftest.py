@@ -15,7 +15,10 @@ from callbacks import StopAfterFirstEpoch  # noqa: F401 (conftest.StopAfterFirst
 
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 """pytest-xdist's worker processes (1 without it): they share the machine's cores."""
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
+torch.set_num_threads(THREADS)
+if WORKERS > 1:  # the runs the tests launch share the cores too
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
 def device_from_environment(value: str | None) -> torch.device:
