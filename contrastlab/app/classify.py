@@ -117,7 +117,7 @@ def run_trainer(
         checkpoint = load_checkpoint_file(last)
         check(last, checkpoint)
         io.preloaded[last.resolve()] = checkpoint
-        note(f"resuming {last} at epoch {checkpoint.get('epoch')}")
+        note(f"resuming {last} from step {checkpoint.get('global_step')}")
     if rank_zero_only.rank == 0:  # from the launcher's environment: no process group yet
         remove_stale_temporaries(run_dir / "checkpoints")
     callbacks: list[pl.Callback] = [RunCheckpoint()]
