@@ -25,6 +25,7 @@ from contrastlab.io import atomic_write
 from contrastlab.models.backbones import ARCHITECTURES, ResNetBackbone, read_backbone_weights
 from contrastlab.models.exported import torchvision_resnet
 from contrastlab.models.splitbn import SplitBatchNorm
+from contrastlab.presets import flatten
 from contrastlab.runs.resume import CheckpointError, load_checkpoint_file, method_from_checkpoint
 from contrastlab.transfer.detectors import faster_rcnn_c4
 from contrastlab.transfer.tasks import TransferTask
@@ -94,24 +95,13 @@ def check_resumable(path: Path, checkpoint: dict, record: dict) -> None:
     saved = (checkpoint.get("contrastlab") or {}).get("transfer")
     if saved is None:
         raise CheckpointError(f"{path} is not a transfer run's checkpoint")
-    before, after = flat(saved), flat(record)
+    before, after = flatten(saved), flatten(record)
     changes = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in after.items() if before.get(k) != v]
     if changes:
         raise CheckpointError(
             f"cannot resume {path} with other settings ({'; '.join(changes)}): drop them, or "
             f"remove {path.parent.parent} to start over"
         )
-
-
-def flat(record: dict, prefix: str = "") -> dict:
-    """``{"solver": {"lr": 0.02}}`` -> ``{"solver.lr": 0.02}``."""
-    items = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            items.update(flat(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
 
 
 def run_record(task: TransferTask, source: str, batch: int, seed: int) -> dict:

@@ -132,12 +132,16 @@ class DetectionTraining(pl.LightningModule):
         global_batch: int,
         seed: int = 0,
         classes: Sequence[str] = VOC_CLASSES,
-        settings: dict | None = None,
+        record: dict | None = None,
     ) -> None:
         super().__init__()
         self.detector, self.solver, self.global_batch = detector, solver, global_batch
         self.seed, self.classes = seed, tuple(classes)
-        self.settings = settings or {}
+        self.record = record or {
+            "solver": asdict(solver),
+            "global_batch": global_batch,
+            "seed": seed,
+        }  # what a resume must keep, saved in every checkpoint
         self.result: dict | None = None
         self.precise_bn_batches = 0
         self._found: list[tuple[int, dict[str, torch.Tensor]]] = []
@@ -179,12 +183,7 @@ class DetectionTraining(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.setdefault("contrastlab", {})
         state.update(rng_states(None, self.device))
-        state["transfer"] = {
-            "solver": asdict(self.solver),
-            "global_batch": self.global_batch,
-            "seed": self.seed,
-            **self.settings,
-        }
+        state["transfer"] = self.record
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_rng_states(None, checkpoint.get("contrastlab"))
