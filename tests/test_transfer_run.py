@@ -23,7 +23,7 @@ from contrastlab.runs.resume import CheckpointError, load_checkpoint_file
 from contrastlab.transfer.detectors import faster_rcnn_c4
 from contrastlab.transfer.metrics import voc_detection_ap
 from contrastlab.transfer.tasks import VOC_C4, configure, scaled_steps
-from contrastlab.transfer.training import DetectionTraining, VocDetectionData
+from contrastlab.transfer.training import DetectionTraining, DetectionData
 from contrastlab.transfer.voc import TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, read_voc
 
 # --------------------------------------------------------------------------- settings
@@ -131,7 +131,7 @@ def test_each_process_loads_its_share_of_each_global_batch_flipped_by_epoch(devk
 
     def batches(rank: int, processes: int, epoch: int) -> list[list[int]]:
         monkeypatch.setattr(training, "world", lambda: (rank, processes))
-        loader = VocDetectionData(train, test, 4, workers=0, seed=3).train_dataloader()
+        loader = DetectionData(train, test, 4, workers=0, seed=3).train_dataloader()
         loader.global_sampler.set_epoch(epoch)
         found = []
         for _, targets in loader:
@@ -148,11 +148,11 @@ def test_each_process_loads_its_share_of_each_global_batch_flipped_by_epoch(devk
     assert len(whole) == 2 and sorted(i for batch in whole for i in batch) == list(range(8))
     assert batches(0, 1, epoch=2) != whole  # a new order each epoch
     monkeypatch.setattr(training, "world", lambda: (1, 2))
-    shares = VocDetectionData(train, test, 4, workers=0).val_dataloader()
+    shares = DetectionData(train, test, 4, workers=0).val_dataloader()
     assert [int(t["index"]) for _, targets in shares for t in targets] == [1, 3]
     monkeypatch.setattr(training, "world", lambda: (0, 3))
     with pytest.raises(ValueError, match="does not divide over 3"):
-        VocDetectionData(train, test, 4, workers=0).train_dataloader()
+        DetectionData(train, test, 4, workers=0).train_dataloader()
 
 
 SMALL = configure(
@@ -176,7 +176,7 @@ def test_the_test_scores_the_detectors_own_outputs_after_precise_bn(devkit):
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(weights=None)
     module = DetectionTraining(faster_rcnn_c4(resnet, 20, SMALL.settings), SMALL.solver, 2)
-    data = VocDetectionData(train, test, 2, workers=0)
+    data = DetectionData(train, test, 2, workers=0)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=2,
@@ -219,7 +219,7 @@ def transfer_command(devkit: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_images(devkit: Path) -> list:
+def voc_test_images(devkit: Path) -> list:
     return read_voc(devkit, TEST_SPLITS)
 
 
@@ -251,7 +251,7 @@ def test_a_run_killed_mid_way_resumes_exactly_and_writes_its_result(devkit, tmp_
     assert result["train_images"] == 8 and result["test_images"] == 4
     assert result["precise_bn_batches"] == 2 and result["solver"]["steps"] == [6, 7]
     assert result["settings"]["train_sizes"] == [64, 80] and "82.4" in result["reproduces"]
-    assert [e["image"] for e in result["examples"]] == [str(i.path) for i in test_images(devkit)]
+    assert [e["image"] for e in result["examples"]] == [str(i.path) for i in voc_test_images(devkit)]
     tested = torch.load(straight / "detector.pth", weights_only=True)  # after precise BN
     trained = load_checkpoint_file(ends[0])["state_dict"]
     assert tested.keys() == {k.removeprefix("detector.") for k in trained}

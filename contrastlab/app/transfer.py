@@ -11,9 +11,11 @@ after precise BN) as ``<folder>/detector.pth``.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,9 +29,18 @@ from contrastlab.models.exported import torchvision_resnet
 from contrastlab.models.splitbn import SplitBatchNorm
 from contrastlab.presets import flatten
 from contrastlab.runs.resume import CheckpointError, load_checkpoint_file, method_from_checkpoint
+from contrastlab.transfer.coco import CocoError, read_coco
+from contrastlab.transfer.data import CocoDetectionImages, DetectionImages
 from contrastlab.transfer.detectors import faster_rcnn_c4
+from contrastlab.transfer.mask_rcnn import mask_rcnn_c4
 from contrastlab.transfer.tasks import TransferTask
-from contrastlab.transfer.training import DetectionTraining, VocDetectionData
+from contrastlab.transfer.training import (
+    CocoScoring,
+    DetectionData,
+    DetectionTraining,
+    Scoring,
+    VocScoring,
+)
 from contrastlab.transfer.voc import VOC_CLASSES, read_voc
 
 DETECTOR_FILE = "detector.pth"
@@ -77,6 +88,43 @@ def exported_arch(path: Path) -> str:
     if meta.get("arch") not in ARCHITECTURES:
         raise ValueError(f"{path} holds {meta.get('arch')!r}; the C4 detector needs a ResNet")
     return meta["arch"]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's images read and checked, its classes, how its test is scored and how its
+    images become a detector's items."""
+
+    train: list
+    test: list
+    classes: tuple[str, ...]
+    scoring: Scoring
+    items: Callable[[Sequence, float, int], DetectionImages]
+
+
+def read_task_data(task: TransferTask, root: str | Path) -> TaskData:
+    """The task's training and test images under ``root`` (a VOCdevkit, or a COCO folder with
+    ``annotations/`` and the image folders), every fault an error naming the file."""
+    if task.dataset == "voc":
+        train, test = read_voc(root, task.train_splits), read_voc(root, task.test_splits)
+        return TaskData(train, test, VOC_CLASSES, VocScoring(VOC_CLASSES), DetectionImages)
+    (train_file, train_folder), (test_file, test_folder) = *task.train_splits, *task.test_splits
+    train_set = read_coco(Path(root) / train_file, Path(root) / train_folder)
+    test_set = read_coco(Path(root) / test_file, Path(root) / test_folder)
+    if test_set.category_ids != train_set.category_ids:
+        raise CocoError(
+            f"{Path(root) / test_file}: its categories {test_set.category_ids} are not the "
+            f"training file's {train_set.category_ids}"
+        )
+    # detectron2's FILTER_EMPTY_ANNOTATIONS: images without a non-crowd object do not train
+    train = [i for i in train_set.images if any(not o.crowd for o in i.objects)]
+    return TaskData(
+        train,
+        list(test_set.images),
+        train_set.classes,
+        CocoScoring(test_set, Path(root) / test_file, masks=task.masks),
+        functools.partial(CocoDetectionImages, masks=task.masks),
+    )
 
 
 def default_run_dir(source: str, task: TransferTask) -> Path:
@@ -132,20 +180,22 @@ def transfer(
     resume: bool = False,
     seed: int = 0,
 ) -> dict:
-    """Fine-tune the backbone of ``source`` at ``task`` on the VOC devkit ``root`` and test it;
-    returns (and on the first process writes to ``<run dir>.json``) the result: AP, AP50, AP75
-    and AP50 per class, with the run's settings and seconds."""
+    """Fine-tune the backbone of ``source`` at ``task`` on the dataset at ``root`` and test it;
+    returns (and on the first process writes to ``<run dir>.json``) the result (VOC: AP, AP50,
+    AP75 and AP50 per class; COCO: box and mask AP, AP50, AP75 and by area), with the run's
+    settings and seconds."""
     launch = launch or Launch()
     start = time.perf_counter()
-    train, test = read_voc(root, task.train_splits), read_voc(root, task.test_splits)
+    data_set = read_task_data(task, root)
     torch.manual_seed(seed)  # the new layers' (and a random backbone's) initial weights
     resnet = detection_resnet(source, arch)
-    detector = faster_rcnn_c4(resnet, len(VOC_CLASSES), task.settings)
+    build = mask_rcnn_c4 if task.masks else faster_rcnn_c4
+    detector = build(resnet, len(data_set.classes), task.settings)
     record = run_record(task, source, batch, seed)
-    module = DetectionTraining(detector, task.solver, batch, seed, VOC_CLASSES, record)
-    data = VocDetectionData(
-        train, test, batch, 2 if launch.workers is None else launch.workers, seed
-    )
+    module = DetectionTraining(detector, task.solver, batch, seed, data_set.scoring, record)
+    workers = 2 if launch.workers is None else launch.workers
+    data = DetectionData(data_set.train, data_set.test, batch, workers, seed, items=data_set.items)
+    train, test = data_set.train, data_set.test
     run_dir = run_dir or default_run_dir(source, task)
     trainer, checkpoint = run_trainer(
         run_dir,
@@ -164,10 +214,13 @@ def transfer(
         return {}
     weights = run_dir / DETECTOR_FILE
     atomic_write(weights, lambda f: torch.save(module.detector.state_dict(), f))
+    scores = module.result
+    if "box" in scores:  # COCO: the box AP also at the top, as VOC's
+        scores = {k: scores["box"][k] for k in ("AP", "AP50", "AP75")} | scores
     result = {
         "task": task.name,
         "checkpoint": source,
-        **module.result,
+        **scores,
         "iterations": task.solver.iterations,
         "global_batch": batch,
         "processes": world()[1],
@@ -186,9 +239,11 @@ def transfer(
 
 
 def summary(result: dict) -> str:
-    """One line: ``voc-c4: AP50 82.40  AP 57.00  AP75 63.60 (24000 iterations, 5:00:00)``."""
+    """One line: ``voc-c4: AP50 82.40  AP 57.00  AP75 63.60 (24000 iterations of 16 images,
+    18000 s)``; a COCO task adds ``mask AP 35.70``."""
+    masks = f"  mask AP {result['mask']['AP']:.2f}" if "mask" in result else ""
     return (
         f"{result['task']}: AP50 {result['AP50']:.2f}  AP {result['AP']:.2f}  "
-        f"AP75 {result['AP75']:.2f} ({result['iterations']} iterations of "
+        f"AP75 {result['AP75']:.2f}{masks} ({result['iterations']} iterations of "
         f"{result['global_batch']} images, {result['seconds']:.0f} s)"
     )

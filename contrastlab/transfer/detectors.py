@@ -177,15 +177,19 @@ class DetectronBoxHeads(RoIHeads):
 
 
 class Res5Head(nn.Module):
-    """The box head: res5 on the pooled regions, an extra BatchNorm, the spatial mean."""
+    """The box head: res5 on the pooled regions, an extra BatchNorm (:meth:`features`, which
+    the C4 mask head shares), the spatial mean."""
 
     def __init__(self, res5: nn.Module, channels: int, extra_norm: bool = True) -> None:
         super().__init__()
         self.res5 = res5
         self.norm = nn.BatchNorm2d(channels) if extra_norm else nn.Identity()
 
+    def features(self, regions: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.res5(regions))
+
     def forward(self, regions: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.res5(regions)).mean(dim=(2, 3))
+        return self.features(regions).mean(dim=(2, 3))
 
 
 def stage_channels(stage: nn.Module) -> int:

@@ -3,12 +3,13 @@
 :class:`DetectionTraining` trains a detector
 (:func:`~contrastlab.transfer.detectors.faster_rcnn_c4`) for the protocol's iterations with
 detectron2's solver (:mod:`contrastlab.transfer.solver`) and, as its validation, recomputes the
-BatchNorm statistics (precise BN) and scores the test images with VOC AP
-(:mod:`contrastlab.transfer.metrics`). Under several processes every BatchNorm is made global
+BatchNorm statistics (precise BN) and scores the test images (:class:`VocScoring`: VOC AP,
+:mod:`contrastlab.transfer.metrics`; :class:`CocoScoring`: COCO box and mask AP,
+:mod:`contrastlab.transfer.coco_metrics`). Under several processes every BatchNorm is made global
 (detectron2's ``naiveSyncBN``) and each process takes its share of every global batch and of the
 test images.
 
-:class:`VocDetectionData` serves the images: training batches in an order drawn from
+:class:`DetectionData` serves the images: training batches in an order drawn from
 ``(seed, epoch)`` and split across processes (resumable mid-epoch, so a resumed run sees the
 same images), flips drawn from ``(seed, epoch, index)``, test images un-flipped.
 """
@@ -17,9 +18,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
@@ -31,6 +33,8 @@ from contrastlab.data.sampling import GlobalBatchSampler, ResumableLoader
 from contrastlab.distributed import world
 from contrastlab.methods.base import restore_rng_states, rng_states
 from contrastlab.models.globalbn import globalise_batchnorm
+from contrastlab.transfer.coco import CocoDataset, CocoImage
+from contrastlab.transfer.coco_metrics import coco_detection_ap, encode_masks
 from contrastlab.transfer.data import DetectionImages, detection_collate
 from contrastlab.transfer.metrics import voc_detection_ap
 from contrastlab.transfer.solver import DetectionSolver, lr_factor, precise_bn, sgd
@@ -48,23 +52,25 @@ class DetectionLoader(ResumableLoader):
         yield from super().__iter__()
 
 
-class VocDetectionData(pl.LightningDataModule):
+class DetectionData(pl.LightningDataModule):
     """Training images (flipped at ``flip_prob``) in global batches of ``batch_size`` and the
-    test images, each split across the processes."""
+    test images, each split across the processes; ``items(images, flip_prob, seed)`` makes the
+    dataset (:class:`DetectionImages` for VOC, ``CocoDetectionImages`` for COCO)."""
 
     def __init__(
         self,
-        train: Sequence[VocImage],
-        test: Sequence[VocImage],
+        train: Sequence[VocImage | CocoImage],
+        test: Sequence[VocImage | CocoImage],
         batch_size: int,
         workers: int = 2,
         seed: int = 0,
         flip_prob: float = 0.5,
+        items: Callable[[Sequence, float, int], DetectionImages] = DetectionImages,
     ) -> None:
         super().__init__()
         self.train, self.test = list(train), list(test)
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
-        self.flip_prob = flip_prob
+        self.flip_prob, self.items = flip_prob, items
 
     def per_process(self) -> int:
         processes = world()[1]
@@ -87,7 +93,7 @@ class VocDetectionData(pl.LightningDataModule):
             len(self.train), batch, shuffle=True, seed=self.seed, rank=rank, world_size=processes
         )
         return DetectionLoader(
-            DetectionImages(self.train, self.flip_prob, self.seed),
+            self.items(self.train, self.flip_prob, self.seed),
             batch_sampler=BatchSampler(sampler, batch, drop_last=True),
             collate_fn=detection_collate,
             num_workers=self.workers,
@@ -101,7 +107,7 @@ class VocDetectionData(pl.LightningDataModule):
             len(self.test), 1, shuffle=False, rank=rank, world_size=processes, drop_last=False
         )
         return DataLoader(
-            DetectionImages(self.test, flip_prob=0.0),
+            self.items(self.test, 0.0, self.seed),
             batch_sampler=BatchSampler(sampler, 1, drop_last=False),
             collate_fn=detection_collate,
             num_workers=self.workers,
@@ -119,6 +125,49 @@ def endless(loader: DetectionLoader) -> Iterator[Batch]:
         yield from loader
 
 
+class Scoring(Protocol):
+    """How a task scores its test: ``compact`` shrinks one image's detections (labels already
+    0-based, on the CPU) to what the score needs, in the process that found them; ``score``
+    turns every test image's compact detections, in test order, into the result."""
+
+    def compact(self, found: dict[str, torch.Tensor]) -> dict[str, Any]: ...
+
+    def score(self, images: Sequence, found: list[dict[str, Any]]) -> dict: ...
+
+
+@dataclass(frozen=True)
+class VocScoring:
+    """VOC AP (:func:`voc_detection_ap`) and the examples a report draws."""
+
+    classes: tuple[str, ...] = VOC_CLASSES
+
+    def compact(self, found: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return found
+
+    def score(self, images: Sequence[VocImage], found: list[dict[str, Any]]) -> dict:
+        result = voc_detection_ap(images, found, self.classes)
+        return result | {"examples": detection_examples(images, found, self.classes)}
+
+
+@dataclass(frozen=True)
+class CocoScoring:
+    """COCO box (and with ``masks`` mask) AP against ``annotation_file``
+    (:func:`coco_detection_ap`); each image's masks are run-length encoded where they are
+    found, so no process gathers full-image masks."""
+
+    dataset: CocoDataset
+    annotation_file: Path
+    masks: bool = True
+
+    def compact(self, found: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return encode_masks(found) if self.masks else found
+
+    def score(self, images: Sequence[CocoImage], found: list[dict[str, Any]]) -> dict:
+        result = coco_detection_ap(self.dataset, self.annotation_file, found, self.masks)
+        classes = self.dataset.classes
+        return result | {"examples": detection_examples(images, found, classes)}
+
+
 class DetectionTraining(pl.LightningModule):
     """A detector fine-tuned under a :class:`DetectionSolver` at ``global_batch`` images per
     iteration; its validation is the protocol's test (precise BN over
@@ -131,12 +180,12 @@ class DetectionTraining(pl.LightningModule):
         solver: DetectionSolver,
         global_batch: int,
         seed: int = 0,
-        classes: Sequence[str] = VOC_CLASSES,
+        scoring: Scoring = VocScoring(),
         record: dict | None = None,
     ) -> None:
         super().__init__()
         self.detector, self.solver, self.global_batch = detector, solver, global_batch
-        self.seed, self.classes = seed, tuple(classes)
+        self.seed, self.scoring = seed, scoring
         self.record = record or {
             "solver": asdict(solver),
             "global_batch": global_batch,
@@ -204,7 +253,9 @@ class DetectionTraining(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = self._to_device(batch)
         for target, found in zip(targets, self.detector(images), strict=True):
-            self._found.append((int(target["index"]), {k: v.cpu() for k, v in found.items()}))
+            found = {k: v.cpu() for k, v in found.items()}
+            found["labels"] = found["labels"] - 1  # 0: the detector's background
+            self._found.append((int(target["index"]), self.scoring.compact(found)))
 
     def on_validation_epoch_end(self) -> None:
         found = self._found
@@ -219,9 +270,7 @@ class DetectionTraining(pl.LightningModule):
         test = self.trainer.datamodule.test
         if [index for index, _ in found] != list(range(len(test))):
             raise RuntimeError(f"the test scored {len(found)} of {len(test)} images")
-        predictions = [{**p, "labels": p["labels"] - 1} for _, p in found]  # 0: background
-        self.result = voc_detection_ap(test, predictions, self.classes)
-        self.result["examples"] = detection_examples(test, predictions, self.classes)
+        self.result = self.scoring.score(test, [p for _, p in found])
 
 
 EXAMPLE_IMAGES, EXAMPLE_SCORE, EXAMPLE_BOXES = 4, 0.5, 20
