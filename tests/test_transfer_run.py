@@ -23,7 +23,7 @@ from contrastlab.runs.resume import CheckpointError, load_checkpoint_file
 from contrastlab.transfer.detectors import faster_rcnn_c4
 from contrastlab.transfer.metrics import voc_detection_ap
 from contrastlab.transfer.tasks import VOC_C4, configure, scaled_steps
-from contrastlab.transfer.training import DetectionTraining, DetectionData
+from contrastlab.transfer.training import DetectionData, DetectionTraining
 from contrastlab.transfer.voc import TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, read_voc
 
 # --------------------------------------------------------------------------- settings
@@ -251,7 +251,9 @@ def test_a_run_killed_mid_way_resumes_exactly_and_writes_its_result(devkit, tmp_
     assert result["train_images"] == 8 and result["test_images"] == 4
     assert result["precise_bn_batches"] == 2 and result["solver"]["steps"] == [6, 7]
     assert result["settings"]["train_sizes"] == [64, 80] and "82.4" in result["reproduces"]
-    assert [e["image"] for e in result["examples"]] == [str(i.path) for i in voc_test_images(devkit)]
+    assert [e["image"] for e in result["examples"]] == [
+        str(i.path) for i in voc_test_images(devkit)
+    ]
     tested = torch.load(straight / "detector.pth", weights_only=True)  # after precise BN
     trained = load_checkpoint_file(ends[0])["state_dict"]
     assert tested.keys() == {k.removeprefix("detector.") for k in trained}

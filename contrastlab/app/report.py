@@ -285,10 +285,16 @@ def final_table(runs: list[Run]) -> ResultsTable:
 
 
 def transfer_text(result: dict) -> str:
-    """``AP50 / AP / AP75 82.40 / 57.00 / 63.60 (voc-c4, 24,000 iterations of 16)``."""
-    values = " / ".join(f"{result[k]:.2f}" for k in ("AP50", "AP", "AP75"))
+    """``AP50 / AP / AP75 82.40 / 57.00 / 63.60 (voc-c4, 24,000 iterations of 16)``; a COCO
+    result: ``box AP / mask AP 41.00 / 35.70 (coco-c4-1x, ...)``."""
+    if "mask" in result:
+        scores = f"box AP / mask AP {result['AP']:.2f} / {result['mask']['AP']:.2f}"
+    else:
+        scores = "AP50 / AP / AP75 " + " / ".join(
+            f"{result[k]:.2f}" for k in ("AP50", "AP", "AP75")
+        )
     return (
-        f"AP50 / AP / AP75 {values} ({result.get('task', '?')}, "
+        f"{scores} ({result.get('task', '?')}, "
         f"{result.get('iterations', 0):,} iterations of {result.get('global_batch', '?')})"
     )
 
