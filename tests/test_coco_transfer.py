@@ -13,15 +13,25 @@ import pytest
 import torch
 import torchvision
 from scenes import write_scene_coco
+from torchvision.ops import roi_align
 
 from contrastlab.app.cli import main
 from contrastlab.app.report import transfer_text
-from contrastlab.app.transfer import read_task_data
+from contrastlab.app.transfer import build_detector, read_task_data
 from contrastlab.transfer.coco import CocoError, read_coco
 from contrastlab.transfer.coco_metrics import coco_detection_ap, encode_masks
 from contrastlab.transfer.data import CocoDetectionImages
 from contrastlab.transfer.detectors import C4Settings
-from contrastlab.transfer.mask_rcnn import C4MaskHead, PolygonTransform, mask_loss, mask_rcnn_c4
+from contrastlab.transfer.mask_rcnn import (
+    AlignedLevelRoIAlign,
+    FpnMaskHeads,
+    FpnSettings,
+    PolygonTransform,
+    UpsampleMaskHead,
+    mask_loss,
+    mask_rcnn_c4,
+    mask_rcnn_fpn,
+)
 from contrastlab.transfer.masks import (
     bitmask_targets,
     flip_polygons,
@@ -31,7 +41,7 @@ from contrastlab.transfer.masks import (
     rle_to_mask,
     unpack_polygons,
 )
-from contrastlab.transfer.tasks import COCO_C4_1X, COCO_C4_2X, TASKS, configure
+from contrastlab.transfer.tasks import COCO_C4_1X, COCO_C4_2X, COCO_FPN_1X, TASKS, configure
 
 RECT = [2.0, 1.0, 6.0, 1.0, 6.0, 4.0, 2.0, 4.0]  # x 2..6, y 1..4
 
@@ -174,7 +184,7 @@ def test_the_transform_scales_polygons_as_it_scales_boxes():
 
 def test_the_mask_head_is_detectron2s_upsampling_head_with_its_initialisation():
     torch.manual_seed(0)
-    head = C4MaskHead(512, 80)
+    head = UpsampleMaskHead(512, 80)
     assert head(torch.randn(3, 512, 7, 7)).shape == (3, 80, 14, 14)
     weight = head.upsample.weight  # (in, out, 2, 2): torch's fan-out of it is in * 4
     assert weight.std().item() == pytest.approx(math.sqrt(2 / (512 * 4)), rel=0.03)
@@ -454,3 +464,77 @@ def test_a_coco_run_reports_box_and_mask_ap_of_the_tested_detector(coco, tmp_pat
     found = [{**f, "labels": f["labels"] - 1} for f in found]
     expected = coco_detection_ap(data.scoring.dataset, data.scoring.annotation_file, found)
     assert {"box": result["box"], "mask": result["mask"]} == expected
+
+
+# --------------------------------------------------------------------------- R50-FPN
+
+
+def test_the_fpn_task_is_base_rcnn_fpns_1x_with_batchnorm_everywhere():
+    s, solver = COCO_FPN_1X.settings, COCO_FPN_1X.solver
+    assert (solver.iterations, solver.steps, solver.warmup_iterations) == (
+        90000,
+        (60000, 80000),
+        1000,
+    )
+    assert (s.rpn_pre_nms_train, s.rpn_post_nms_train) == (2000, 1000)  # per level, per image
+    assert (s.rpn_pre_nms_test, s.rpn_post_nms_test) == (1000, 1000)
+    assert (s.pooler_resolution, s.mask_pooler_resolution, s.size_divisibility) == (7, 14, 32)
+    assert s.train_sizes == (640, 672, 704, 736, 768, 800) and s.test_size == 800
+    assert COCO_FPN_1X.masks and COCO_FPN_1X.detector == "fpn"
+    resnet = torchvision.models.resnet18()
+    model = build_detector(COCO_FPN_1X, resnet, 80)
+    heads = model.roi_heads
+    assert isinstance(heads, FpnMaskHeads)
+
+    def norms(module: torch.nn.Module) -> int:
+        return sum(type(m) is torch.nn.BatchNorm2d for m in module.modules())
+
+    assert norms(model.backbone.fpn) == 8  # 4 lateral + 4 output convolutions
+    assert norms(heads.box_head) == 4 and norms(heads.mask_head_fpn) == 4
+    assert not any("Frozen" in type(m).__name__ for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+    body = model.backbone.body
+    for name, value in resnet.state_dict().items():
+        if not name.startswith("fc"):
+            assert torch.equal(body.state_dict()[name], value), name
+    assert model.rpn.head.conv[0][0].out_channels == 256 and len(model.rpn.head.conv) == 1
+    assert heads.mask_head_fpn[1].predictor.out_channels == 80
+    assert heads.box_predictor.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_fpn_regions_are_pooled_aligned_from_their_level():
+    """A region of side s comes from P(floor(4 + log2(s / 224))), clamped to P2-P5, with the
+    half-pixel alignment (torchvision's own pooler is unaligned)."""
+    torch.manual_seed(0)
+    features = {str(i): torch.randn(1, 3, 64 // 2**i, 64 // 2**i) for i in range(4)}  # P2-P5
+    pool = AlignedLevelRoIAlign(["0", "1", "2", "3"], 7, 0)
+    boxes = torch.tensor(
+        [[0.0, 0.0, 20.0, 20.0], [10.0, 10.0, 122.0, 122.0], [0.0, 0.0, 240.0, 240.0]]
+    )  # sides 20 (P2, clamped), 112 (P3), 240 (P4)
+    pooled = pool(features, [boxes], [(256, 256)])
+    for row, (box, level) in enumerate(zip(boxes, (0, 1, 2), strict=True)):
+        scale = 1 / 2 ** (level + 2)
+        expected = roi_align(features[str(level)], [box[None]], 7, scale, 0, aligned=True)
+        assert torch.allclose(pooled[row], expected[0]), row
+    unaligned = torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 0)
+    assert not torch.allclose(unaligned(features, [boxes], [(256, 256)]), pooled)
+
+
+def test_the_fpn_mask_head_trains_on_28px_targets_and_tests_masks_in_the_image():
+    torch.manual_seed(0)
+    settings = FpnSettings(
+        train_sizes=(64, 96), test_size=96, max_size=160, roi_batch=16, rpn_post_nms_test=20
+    )
+    model = mask_rcnn_fpn(torchvision.models.resnet18(), 2, settings)
+    sizes: list[int] = []
+    model.roi_heads.mask_head_fpn.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    images, targets = tiny_batch()
+    model.train()
+    losses = model(images, targets)
+    assert "loss_mask" in losses and sizes == [28]
+    losses["loss_mask"].backward()
+    assert model.backbone.body.conv1.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        found = model(images)
+    assert found[0]["masks"].shape == (len(found[0]["boxes"]), 1, 60, 80)

@@ -32,7 +32,7 @@ from contrastlab.runs.resume import CheckpointError, load_checkpoint_file, metho
 from contrastlab.transfer.coco import CocoError, read_coco
 from contrastlab.transfer.data import CocoDetectionImages, DetectionImages
 from contrastlab.transfer.detectors import faster_rcnn_c4
-from contrastlab.transfer.mask_rcnn import mask_rcnn_c4
+from contrastlab.transfer.mask_rcnn import mask_rcnn_c4, mask_rcnn_fpn
 from contrastlab.transfer.tasks import TransferTask
 from contrastlab.transfer.training import (
     CocoScoring,
@@ -127,6 +127,15 @@ def read_task_data(task: TransferTask, root: str | Path) -> TaskData:
     )
 
 
+def build_detector(task: TransferTask, resnet: nn.Module, num_classes: int) -> nn.Module:
+    """The task's detector around a copy of ``resnet``: Faster R-CNN C4 (VOC), Mask R-CNN C4
+    or Mask R-CNN FPN (COCO)."""
+    if task.detector == "fpn":
+        return mask_rcnn_fpn(resnet, num_classes, task.settings)
+    build = mask_rcnn_c4 if task.masks else faster_rcnn_c4
+    return build(resnet, num_classes, task.settings)
+
+
 def default_run_dir(source: str, task: TransferTask) -> Path:
     """``<run dir>/eval/transfer_<task>`` for ``<run dir>/checkpoints/x.ckpt``, else
     ``<source>_transfer_<task>`` beside the file."""
@@ -189,8 +198,7 @@ def transfer(
     data_set = read_task_data(task, root)
     torch.manual_seed(seed)  # the new layers' (and a random backbone's) initial weights
     resnet = detection_resnet(source, arch)
-    build = mask_rcnn_c4 if task.masks else faster_rcnn_c4
-    detector = build(resnet, len(data_set.classes), task.settings)
+    detector = build_detector(task, resnet, len(data_set.classes))
     record = run_record(task, source, batch, seed)
     module = DetectionTraining(detector, task.solver, batch, seed, data_set.scoring, record)
     workers = 2 if launch.workers is None else launch.workers

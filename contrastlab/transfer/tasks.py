@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from contrastlab.transfer.detectors import C4Settings
+from contrastlab.transfer.mask_rcnn import FpnSettings
 from contrastlab.transfer.solver import DetectionSolver
 from contrastlab.transfer.voc import TEST_SPLITS, TRAIN_SPLITS
 
@@ -24,6 +25,7 @@ class TransferTask:
     reproduces: str
     dataset: str = "voc"
     masks: bool = False
+    detector: str = "c4"
 
 
 VOC_C4 = TransferTask(
@@ -71,7 +73,25 @@ def coco_c4(name: str, iterations: int, steps: tuple[int, int]) -> TransferTask:
 COCO_C4_1X = coco_c4("coco-c4-1x", 90000, (60000, 80000))
 COCO_C4_2X = coco_c4("coco-c4-2x", 180000, (120000, 160000))
 
-TASKS: dict[str, TransferTask] = {t.name: t for t in (VOC_C4, COCO_C4_1X, COCO_C4_2X)}
+COCO_FPN_1X = TransferTask(
+    name="coco-fpn-1x",
+    settings=FpnSettings(),
+    solver=DetectionSolver(iterations=90000, steps=(60000, 80000), warmup_iterations=1000),
+    train_splits=COCO_TRAIN,
+    test_splits=COCO_TEST,
+    reproduces=(
+        "Mask R-CNN R50-FPN on COCO train2017, tested on val2017, 90k iterations of 16 images "
+        "(detectron2 Base-RCNN-FPN.yaml's 1x schedule) with SyncBN in the backbone, the FPN and "
+        "both heads and a 4-conv-1-fc box head (the layers of detectron2's "
+        "Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml): the protocol of DenseCL and mmselfsup's "
+        "detection benchmark; box and mask AP"
+    ),
+    dataset="coco",
+    masks=True,
+    detector="fpn",
+)
+
+TASKS: dict[str, TransferTask] = {t.name: t for t in (VOC_C4, COCO_C4_1X, COCO_C4_2X, COCO_FPN_1X)}
 
 
 def scaled_steps(solver: DetectionSolver, iterations: int) -> tuple[int, ...]:
