@@ -24,6 +24,7 @@ from contrastlab.app.reproduce import (
     load_grid,
     monitor_interval,
     plan_cells,
+    results_markdown,
     summarise,
 )
 
@@ -143,9 +144,101 @@ def test_a_cell_started_with_other_options_is_refused(tmp_path: Path) -> None:
 
 
 def _result(
-    name: str, seed: int, knn: float, status: str = "done", linear: dict | None = None
+    name: str,
+    seed: int,
+    knn: float,
+    status: str = "done",
+    linear: dict | None = None,
+    transfer: dict | None = None,
 ) -> CellResult:
-    return CellResult(name, seed, status, "", "", 10.0, knn, linear, 60.0, 100.0)
+    return CellResult(
+        name, seed, status, "", "", 10.0, knn, linear, 60.0, 100.0, None, None, transfer
+    )
+
+
+def _transfer(ap: float, mask: float | None = None) -> dict:
+    record = {"task": "voc-c4", "options": ["--iterations", "2400"], "iterations": 2400}
+    record |= {"AP": ap, "AP50": ap + 20, "AP75": ap + 5, "global_batch": 16}
+    return record | ({"mask_AP": mask} if mask is not None else {})
+
+
+def test_the_transfer_column_pairs_ap_with_the_baseline_and_names_its_protocol() -> None:
+    results = [
+        _result("mocov2", 0, 80.0, transfer=_transfer(50.0)),
+        _result("mocov2", 1, 80.0, transfer=_transfer(52.0)),
+        _result("mocov2_synco", 0, 80.0, transfer=_transfer(51.0)),
+        _result("mocov2_synco", 1, 80.0, transfer=_transfer(55.0)),
+        _result("simclr", 0, 70.0),
+    ]
+    rows = {row["experiment"]: row for row in summarise(load_grid("cifar10"), results)}
+    synco = rows["mocov2_synco"]
+    assert synco["transfer_ap"]["mean"] == 53.0 and synco["transfer_ap50"]["mean"] == 73.0
+    delta = synco["transfer_ap_delta"]  # seed 0: +1, seed 1: +3
+    assert delta["seeds"] == [0, 1] and delta["mean"] == 2.0
+    assert synco["transfer_protocol"] == "voc-c4 (--iterations 2400), 2,400 iterations"
+    assert rows["simclr"]["transfer_ap"]["n"] == 0 and rows["simclr"]["transfer_protocol"] is None
+    summary = {
+        "grid": "cifar10", "scale": "smoke", "epochs": 2, "seeds": [0, 1], "date": "today",
+        "hardware": {"device": "cpu", "cpu_cores": 2, "torch": "x", "contrastlab": "y"},
+        "complete": True, "protocol": "kNN", "comparable": False,
+        "experiments": list(rows.values()), "cells": [],
+    }  # fmt: skip
+    table = results_markdown(summary)
+    assert "Transfer: contrastlab transfer voc-c4 (--iterations 2400), 2,400 iterations" in table
+    line = next(x for x in table.splitlines() if x.startswith("| mocov2_synco |"))
+    assert "| 53.00 ± 2.83 | 73.00 / 58.00 | +2.00 ± 1.41 |" in line
+    header = next(x for x in table.splitlines() if x.startswith("| experiment |"))
+    assert header.count("|") == line.count("|")
+    coco = summarise(
+        load_grid("cifar10"), [_result("mocov2", 0, 80.0, transfer=_transfer(40.0, 35.5))]
+    )
+    assert coco[0]["transfer_mask_ap"]["mean"] == 35.5
+
+
+def test_transfers_run_on_finished_cells_once_and_resume_a_stopped_one(tmp_path, monkeypatch):
+    import contrastlab.app.cli as cli
+    import contrastlab.app.reproduce as reproduce
+
+    calls: list[list[str]] = []
+
+    def fake_transfer(args: list[str]) -> None:
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result = {"AP": 40.0, "AP50": 60.0, "AP75": 45.0, "iterations": 10, "global_batch": 2}
+        Path(f"{out}.json").write_text(json.dumps(result | {"mask": {"AP": 30.0}}))
+
+    monkeypatch.setattr(cli, "transfer", fake_transfer)
+    cells = plan_cells(load_grid("cifar10"), "smoke", tmp_path, seeds=[0, 1], only=["simclr"])
+    statuses = ["done", "failed"]
+    states = [CellState(list(c.arguments), status=s) for c, s in zip(cells, statuses, strict=True)]
+    request = reproduce.Request(
+        transfer="coco-c4-1x", transfer_root="coco", transfer_options=("--iterations", "10")
+    )
+    say: list[str] = []
+    reproduce._transfers(cells, states, request, reproduce.Stop(None), say.append)
+    assert len(calls) == 1  # the failed cell has no checkpoint to transfer
+    args = calls[0]
+    assert args[:2] == ["--task", "coco-c4-1x"] and args[-2:] == ["--iterations", "10"]
+    assert args[args.index("--checkpoint") + 1] == str(cells[0].run_dir / "checkpoints/last.ckpt")
+    assert args[args.index("--out") + 1] == str(cells[0].run_dir / "eval/transfer_coco-c4-1x")
+    saved = CellState.read(cells[0]).transfer
+    assert (
+        saved["AP"] == 40.0
+        and saved["mask_AP"] == 30.0
+        and saved["options"] == ["--iterations", "10"]
+    )
+    assert "AP50 60.00" in say[0]
+    reproduce._transfers(cells, states, request, reproduce.Stop(None), say.append)
+    assert len(calls) == 1  # done once: not again
+    other = reproduce.Request(
+        transfer="coco-c4-1x", transfer_root="coco", transfer_options=("--iterations", "20")
+    )
+    stopped = cells[0].run_dir / "eval/transfer_coco-c4-1x/checkpoints/last.ckpt"
+    stopped.parent.mkdir(parents=True)
+    stopped.write_bytes(b"")
+    reproduce._transfers(cells, states, other, reproduce.Stop(None), say.append)
+    assert len(calls) == 2 and calls[1][-1] == "--resume"  # other options: run, from its checkpoint
 
 
 def test_the_table_pairs_each_plugin_with_its_baseline_seed_by_seed() -> None:
@@ -356,3 +449,15 @@ def test_ctrl_c_stops_the_running_cell_after_it_saved_and_the_rerun_continues_it
         "contrastlab: resuming " in second_start
         and "checkpoints/last.ckpt at epoch" in second_start
     )
+
+
+def test_a_transfer_without_its_root_or_with_an_unknown_task_is_refused(capsys) -> None:
+    from contrastlab.app.cli import main
+
+    for args, message in (
+        (["--transfer", "voc-c4"], "--transfer needs --transfer.root"),
+        (["--transfer", "voc-c5", "--transfer.root", "x"], "--transfer voc-c5: expected one of"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["reproduce", *args])
+        assert message in capsys.readouterr().err

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -346,7 +347,11 @@ def transfer(args: list[str]) -> None:
         description="Fine-tune a pretrained backbone at a detection protocol and test it.",
     )
     parser.add_argument(
-        "--task", required=True, choices=sorted(TASKS), help="voc-c4: Faster R-CNN R50-C4, VOC07+12"
+        "--task",
+        required=True,
+        choices=sorted(TASKS),
+        help="voc-c4: Faster R-CNN R50-C4 on VOC07+12; coco-c4-1x, coco-c4-2x: Mask R-CNN R50-C4 "
+        "on COCO; coco-fpn-1x: Mask R-CNN R50-FPN (SyncBN heads) on COCO",
     )
     parser.add_argument(
         "--checkpoint",
@@ -354,7 +359,12 @@ def transfer(args: list[str]) -> None:
         help=f"a contrastlab .ckpt, an export (with its .json), or '{RANDOM}' (with --backbone)",
     )
     parser.add_argument("--backbone", default=None, help="the ResNet of --checkpoint random")
-    parser.add_argument("--data.root", dest="root", required=True, help="the VOCdevkit folder")
+    parser.add_argument(
+        "--data.root",
+        dest="root",
+        required=True,
+        help="the VOCdevkit folder, or COCO's (annotations/, train2017/, val2017/)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -364,17 +374,20 @@ def transfer(args: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="global batch (16)")
     parser.add_argument("--seed", type=int, default=0)
     small = parser.add_argument_group("smaller settings than the protocol's (never the defaults)")
-    small.add_argument("--iterations", type=int, default=None, help="24000; steps keep 3/4, 11/12")
+    small.add_argument(
+        "--iterations", type=int, default=None, help="24000 (VOC), 90000 (1x); steps keep fractions"
+    )
     small.add_argument("--lr", type=float, default=None, help="for 16 images (0.02; SynCo 0.01)")
     small.add_argument(
         "--train-sizes",
         type=int,
         nargs="+",
         default=None,
-        help="480 512 ... 800; tests at the largest",
+        help="480 512 ... 800 (VOC), 640 ... 800 (COCO); tests at the largest",
     )
     small.add_argument("--max-size", type=int, default=None, help="longer-side cap (1333)")
     small.add_argument("--precise-bn-iterations", type=int, default=None, help="200")
+    small.add_argument("--warmup-iterations", type=int, default=None, help="100 (VOC), 1000 (COCO)")
     small.add_argument("--roi-batch", type=int, default=None, help="regions per image (512)")
     small.add_argument(
         "--test-proposals", type=int, default=None, help="proposals per test image (1000)"
@@ -390,6 +403,7 @@ def transfer(args: list[str]) -> None:
             train_sizes=tuple(o.train_sizes) if o.train_sizes else None,
             max_size=o.max_size,
             precise_bn_iterations=o.precise_bn_iterations,
+            warmup_iterations=o.warmup_iterations,
             roi_batch=o.roi_batch,
             test_proposals=o.test_proposals,
         )
@@ -571,10 +585,32 @@ def reproduce(args: list[str]) -> None:
     parser.add_argument(
         "--data.root", "--data-root", dest="data_root", default=None, help="the dataset's root"
     )
+    parser.add_argument(
+        "--transfer",
+        default=None,
+        help="also `contrastlab transfer --task TASK` of every cell (cells need the ImageNet "
+        "stem: -- --model.cifar_stem false), e.g. voc-c4",
+    )
+    parser.add_argument(
+        "--transfer.root", dest="transfer_root", default=None, help="the detection dataset"
+    )
+    parser.add_argument(
+        "--transfer.options",
+        dest="transfer_options",
+        default="",
+        help='options for each transfer, e.g. "--iterations 2400 --devices 8"',
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     o = parser.parse_args(args[:split])
     if o.budget_minutes is not None and o.budget_minutes <= 0:
         parser.error(f"--budget-minutes {o.budget_minutes}: expected a positive number")
+    if o.transfer is not None:
+        from contrastlab.transfer.tasks import TASKS
+
+        if o.transfer not in TASKS:
+            parser.error(f"--transfer {o.transfer}: expected one of {', '.join(sorted(TASKS))}")
+        if o.transfer_root is None:
+            parser.error("--transfer needs --transfer.root (the VOCdevkit or COCO folder)")
     request = Request(
         grid=o.grid,
         scale=o.scale,
@@ -586,6 +622,9 @@ def reproduce(args: list[str]) -> None:
         budget_minutes=o.budget_minutes,
         linear=o.linear,
         probe_epochs=o.probe_epochs,
+        transfer=o.transfer,
+        transfer_root=o.transfer_root,
+        transfer_options=tuple(shlex.split(o.transfer_options)),
         data_root=o.data_root,
         report=not o.no_report,
         options=tuple(args[split + 1 :]),

@@ -34,6 +34,7 @@ from contrastlab import __version__
 from contrastlab.app.fit import format_duration
 from contrastlab.io import atomic_write
 from contrastlab.presets import list_grids, preset_dir, preset_path
+from contrastlab.runs.checkpoints import checkpoint_path
 from contrastlab.runs.records import read_rows
 
 CELL_FILE = "cell.json"
@@ -260,6 +261,9 @@ class CellState:
     linear: dict | None = None
     """The linear probe's record (mode, last and best epoch's top-1, lr, batch, sizes)."""
     linear_fast: float | None = None  # cells written before ``linear``: read, never written
+    transfer: dict | None = None
+    """The detection transfer's record (task, its command's options, AP50 / AP / AP75, COCO's
+    mask AP)."""
 
     @classmethod
     def read(cls, cell: Cell) -> CellState:
@@ -381,6 +385,7 @@ class CellResult:
     images_per_s: float | None
     knn_sizes: dict[str, int] | None = None
     knn_best: float | None = None
+    transfer: dict | None = None
 
 
 def knn_sizes(cell: Cell) -> dict[str, int] | None:
@@ -408,6 +413,7 @@ def cell_result(cell: Cell, state: CellState) -> CellResult:
         images_per_s=images_per_second(cell),
         knn_sizes=knn_sizes(cell),
         knn_best=best_knn(points) if state.status == "done" else None,
+        transfer=state.transfer,
     )
 
 
@@ -436,11 +442,14 @@ def paired_difference(
 
 
 def result_value(result: CellResult, key: str) -> float | None:
-    """A cell's ``knn_top1``, ``knn_best``, ``knn_untrained``, or its linear probe's last
-    (``linear_last``) or best epoch's (``linear_best``) top-1."""
+    """A cell's ``knn_top1``, ``knn_best``, ``knn_untrained``, its linear probe's last
+    (``linear_last``) or best epoch's (``linear_best``) top-1, or its detection transfer's
+    ``transfer_AP`` / ``transfer_AP50`` / ``transfer_AP75`` / ``transfer_mask_AP``."""
     if key in ("linear_last", "linear_best"):
         linear = result.linear or {}
         return linear.get("top1" if key == "linear_last" else "best_top1")
+    if key.startswith("transfer_"):
+        return (result.transfer or {}).get(key[len("transfer_") :])
     return getattr(result, key)
 
 
@@ -479,10 +488,18 @@ def summarise(
             ("knn_untrained", "knn_untrained"),
             ("linear_last", "linear"),
             ("linear_best", "linear_best"),
+            ("transfer_AP", "transfer_ap"),
+            ("transfer_AP50", "transfer_ap50"),
+            ("transfer_AP75", "transfer_ap75"),
+            ("transfer_mask_AP", "transfer_mask_ap"),
         ):
             values = by_seed(experiment.name, key)
             row[name] = asdict(Spread.of(values.values()))
-            if experiment.baseline is not None and key in ("knn_top1", "linear_last"):
+            if experiment.baseline is not None and key in (
+                "knn_top1",
+                "linear_last",
+                "transfer_AP",
+            ):
                 delta, seeds = paired_difference(values, by_seed(experiment.baseline, key))
                 row[f"{name}_delta"] = {**asdict(delta), "seeds": seeds}
         done = [r for r in mine if r.status == "done"]
@@ -492,6 +509,8 @@ def summarise(
         probe = next((r.linear for r in done if r.linear), None)
         row["linear_protocol"] = probe_protocol(probe) if probe else None
         row["linear_mode"] = probe["mode"] if probe else None
+        moved = next((r.transfer for r in done if r.transfer), None)
+        row["transfer_protocol"] = transfer_protocol(moved) if moved else None
         shown = comparable_published(experiment.published, grid, scale, epochs, row)
         row["published"] = asdict(shown) if shown else None
         rows.append(row)
@@ -521,6 +540,12 @@ def probe_protocol(linear: dict) -> str:
         f"{mode}, lr {linear['lr']:g}, batch {linear['batch_size']}, {linear['epochs']} epochs, "
         f"{linear['train_images']:,} training and {linear['eval_images']:,} evaluation images"
     )
+
+
+def transfer_protocol(transfer: dict) -> str:
+    """The transfer a cell ran, in words: its task and the options it changed."""
+    options = " ".join(transfer.get("options") or []) or "the protocol's settings"
+    return f"{transfer['task']} ({options}), {transfer['iterations']:,} iterations"
 
 
 def hardware(device: str) -> dict:
@@ -554,6 +579,11 @@ class Request:
     linear: str | None = None
     """``fast`` or ``paper``: the linear probe to run on every finished cell (none if unset)."""
     probe_epochs: int = 100
+    transfer: str | None = None
+    """A ``contrastlab transfer`` task to run on every finished cell (none if unset)."""
+    transfer_root: str | None = None
+    transfer_options: tuple[str, ...] = ()
+    """Options for each cell's ``contrastlab transfer`` (its smaller settings, devices)."""
     data_root: str | None = None
     report: bool = True
     options: tuple[str, ...] = ()
@@ -607,6 +637,8 @@ def reproduce(request: Request, say: Callable[[str], None] = print) -> dict:
             say(f"[{position}/{len(todo)}] {cell.label}: {_outcome(cell, states[i])}")
         if request.linear:
             _linear_probes(cells, states, request, stop, say)
+        if request.transfer:
+            _transfers(cells, states, request, stop, say)
     results = [cell_result(c, s) for c, s in zip(cells, states, strict=True)]
     epochs = request.epochs or grid.scales[request.scale].epochs
     summary = {
@@ -692,6 +724,49 @@ def _linear_probes(
         )
 
 
+def _transfers(
+    cells: list[Cell],
+    states: list[CellState],
+    request: Request,
+    stop: Stop,
+    say: Callable[[str], None],
+) -> None:
+    """``contrastlab transfer --task request.transfer`` on every finished cell lacking that
+    transfer (in ``<cell>/eval/transfer_<task>``, so a stopped one resumes), its result in
+    ``cell.json``."""
+    from contrastlab.app.cli import transfer as transfer_command
+
+    options = list(request.transfer_options)
+    for cell, state in zip(cells, states, strict=True):
+        record = {"task": request.transfer, "options": options}
+        done_already = state.transfer is not None and all(
+            state.transfer.get(k) == v for k, v in record.items()
+        )
+        if state.status != "done" or done_already or stop.requested:
+            continue
+        out = cell.run_dir / "eval" / f"transfer_{request.transfer}"
+        resume = ["--resume"] if checkpoint_path(out).is_file() else []
+        transfer_command(
+            [
+                "--task", request.transfer,
+                "--checkpoint", str(cell.run_dir / "checkpoints" / "last.ckpt"),
+                "--data.root", str(request.transfer_root), "--out", str(out),
+                *options, *resume,
+            ]
+        )  # fmt: skip
+        result = json.loads(Path(f"{out}.json").read_text())
+        state.transfer = record | {
+            k: result[k] for k in ("AP", "AP50", "AP75", "iterations", "global_batch")
+        }
+        if "mask" in result:
+            state.transfer["mask_AP"] = result["mask"]["AP"]
+        state.write(cell)
+        say(
+            f"{cell.label}: transfer ({request.transfer}) AP50 {result['AP50']:.2f}, "
+            f"AP {result['AP']:.2f}"
+        )
+
+
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
@@ -753,6 +828,20 @@ def _spread(spread: dict, signed: bool = False) -> str:
     return mean + (f" ± {spread['sd']:.2f}" if spread["sd"] is not None else "")
 
 
+def _transfer_details(row: dict) -> str:
+    """``82.40 / 63.60`` (AP50 / AP75 means), with ``(mask 35.70)`` for a COCO task."""
+    ap50, ap75 = row.get("transfer_ap50") or EMPTY, row.get("transfer_ap75") or EMPTY
+    if ap50["mean"] is None:
+        return ""
+    mask = row.get("transfer_mask_ap") or EMPTY
+    masks = f" (mask {mask['mean']:.2f})" if mask["mean"] is not None else ""
+    return f"{ap50['mean']:.2f} / {ap75['mean']:.2f}{masks}"
+
+
+def _delta_text(delta: dict | None) -> str:
+    return _spread(delta, True) if delta and delta["n"] else ""
+
+
 def recipe_title(preset: str) -> str:
     """The title of ``preset``'s recipe card (``contrastlab presets NAME`` prints the card)."""
     from contrastlab.presets import load_card
@@ -796,12 +885,23 @@ def results_markdown(summary: dict) -> str:
             else "Linear: not run (`--linear fast` or `--linear paper`). "
         )
         + published_note,
+    ]
+    transfers = sorted({row["transfer_protocol"] for row in rows if row.get("transfer_protocol")})
+    lines[-1] += (
+        f" Transfer: contrastlab transfer {'; '.join(transfers)}: AP (mean over IoU 0.50:0.95; "
+        "COCO: box AP, with mask AP), AP50 / AP75, and Δ AP vs the baseline, seed-paired."
+        if transfers
+        else " Transfer: not run (`--transfer TASK --transfer.root DIR`)."
+    )
+    lines += [
         "",
         "| experiment | seeds done | kNN, last epoch | kNN, best epoch | untrained kNN | "
         "Δ kNN vs baseline | "
         "kNN bank / queries / training set | linear, last epoch | Δ linear | linear, best epoch | "
+        "transfer AP | transfer AP50 / AP75 (mask AP) | Δ transfer AP | "
         "published | wall time per seed | images/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- |",
     ]
     for row in rows:
         delta = row.get("knn_delta")
@@ -820,7 +920,9 @@ def results_markdown(summary: dict) -> str:
             f"{_spread(row.get('knn_best') or EMPTY)} | {_spread(row['knn_untrained'])} | "
             f"{delta_text} | {sizes_text} | "
             f"{_spread(row['linear'])} | {linear_delta_text} | "
-            f"{_spread(row.get('linear_best') or EMPTY)} | {published_text} | "
+            f"{_spread(row.get('linear_best') or EMPTY)} | "
+            f"{_spread(row.get('transfer_ap') or EMPTY)} | {_transfer_details(row)} | "
+            f"{_delta_text(row.get('transfer_ap_delta'))} | {published_text} | "
             f"{format_duration(wall) if wall is not None else ''} | "
             f"{_spread(row['images_per_s'])} |"
         )

@@ -110,9 +110,11 @@ def configure(
     precise_bn_iterations: int | None = None,
     roi_batch: int | None = None,
     test_proposals: int | None = None,
+    warmup_iterations: int | None = None,
 ) -> TransferTask:
     """``task`` with smaller settings: ``iterations`` (the lr steps keep their fractions of the
-    run and the warm-up is cut to the run when longer), the ``lr`` for the protocol's 16 images,
+    run and the warm-up is cut to the run when longer; ``warmup_iterations`` sets it), the
+    ``lr`` for the protocol's 16 images,
     the training sizes (shorter side; the test size is the largest, as the protocol's 800 of
     480-800), the longer-side cap, the precise-BN batches, and the two settings that set a
     C4 detector's cost (every region runs through res5): the regions sampled per training image
@@ -131,6 +133,12 @@ def configure(
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         solver = replace(solver, lr=lr)
+    if warmup_iterations is not None:
+        if not 0 <= warmup_iterations <= solver.iterations:
+            raise ValueError(
+                f"warm-up iterations must lie in [0, {solver.iterations}], got {warmup_iterations}"
+            )
+        solver = replace(solver, warmup_iterations=warmup_iterations)
     if precise_bn_iterations is not None:
         if precise_bn_iterations < 0:
             raise ValueError(f"precise-BN iterations must be >= 0, got {precise_bn_iterations}")

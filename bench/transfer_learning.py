@@ -1,0 +1,106 @@
+"""Does a contrastlab-pretrained backbone transfer better than a random one, in a configuration
+small enough for a CPU? MoCo v2 pretrains a ResNet-18 (ImageNet stem) on the tests' scene
+photos (tests/scenes.py: red discs and blue squares pasted on photo-like backgrounds), then
+``contrastlab transfer --task voc-c4`` fine-tunes it and a randomly initialised ResNet-18 for
+the same iterations; the script prints both AP50 / AP per seed and the seconds each part took.
+
+    python bench/transfer_learning.py --pretrain-images 512 --pretrain-epochs 20 \
+        --iterations 150 --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from scenes import scene, write_scene_devkit
+
+from contrastlab.app.cli import main as cli
+
+
+def write_photos(root: Path, count: int) -> Path:
+    """``count`` scene photos (other seeds than the devkit's) as a one-class folder dataset."""
+    for split, n in (("train", count), ("val", 16)):
+        folder = root / split / "scenes"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            scene(50_000 + i + (0 if split == "train" else count))[0].save(folder / f"{i}.jpg")
+    return root
+
+
+def pretrain(photos: Path, run: Path, epochs: int, size: int, seed: int) -> Path:
+    cli(
+        [
+            "fit", "--config", "cifar10/mocov2", "--data.dataset", "folder",
+            "--data.lazy", "true", "--data.root", str(photos),
+            "--trainer.default_root_dir", str(run), "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+            "--trainer.check_val_every_n_epoch", "1000", "--seed_everything", str(seed),
+            "--model.cifar_stem", "false", "--model.bn_splits", "4",
+            "--model.augment.size", str(size), "--model.queue_size", "512",
+            "--data.batch_size", "64", "--data.eval_batch_size", "64", "--data.num_workers", "0",
+        ]
+    )  # fmt: skip
+    return run / "checkpoints" / "last.ckpt"
+
+
+def transfer(devkit: Path, source: str, out: Path, iterations: int, seed: int, lr: float) -> dict:
+    cli(
+        [
+            "transfer", "--task", "voc-c4", "--checkpoint", source, "--backbone", "resnet18",
+            "--data.root", str(devkit), "--out", str(out), "--batch-size", "4",
+            "--iterations", str(iterations), "--train-sizes", "96", "128", "--max-size", "160",
+            "--roi-batch", "8", "--test-proposals", "20", "--precise-bn-iterations", "4",
+            "--lr", str(lr), "--warmup-iterations", str(max(1, iterations // 20)),
+            "--device", "cpu", "--precision", "32-true", "--workers", "0", "--no-progress",
+            "--seed", str(seed),
+        ]
+    )  # fmt: skip
+    return json.loads(Path(f"{out}.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pretrain-images", type=int, default=512)
+    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--pretrain-size", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--lr", type=float, default=0.08, help="for 16 images (4 per iteration)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        devkit = write_scene_devkit(root, train07=48, train12=16, test=32)
+        photos = write_photos(root / "photos", args.pretrain_images)
+        rows = []
+        for seed in args.seeds:
+            start = time.perf_counter()
+            checkpoint = pretrain(photos, root / f"pre{seed}", args.pretrain_epochs,
+                                  args.pretrain_size, seed)  # fmt: skip
+            pretrained_s = time.perf_counter() - start
+            results = {}
+            for name, source in (("pretrained", str(checkpoint)), ("random", "random")):
+                start = time.perf_counter()
+                out = root / f"{name}{seed}"
+                result = transfer(devkit, source, out, args.iterations, seed, args.lr)
+                results[name] = (result["AP50"], result["AP"], time.perf_counter() - start)
+            rows.append((seed, pretrained_s, results))
+            print(seed, pretrained_s, results, flush=True)
+        print("| seed | pretrain s | pretrained AP50 / AP | random AP50 / AP | transfer s |")
+        print("|---|---|---|---|---|")
+        for seed, seconds, r in rows:
+            p, q = r["pretrained"], r["random"]
+            print(
+                f"| {seed} | {seconds:.0f} | {p[0]:.2f} / {p[1]:.2f} | {q[0]:.2f} / {q[1]:.2f} | "
+                f"{p[2]:.0f} + {q[2]:.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
