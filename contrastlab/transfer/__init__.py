@@ -9,9 +9,12 @@ photos and targets a detector trains on, flips seeded by (seed, epoch, index).
 parts, with detectron2's losses. ``solver``: detectron2's SGD groups, warm-up and steps,
 precise BatchNorm. ``metrics``: VOC AP (the VOC07 11-point AP per class, AP50, AP75 and the
 mean over IoU 0.50:0.95) as detectron2's ``PascalVOCDetectionEvaluator`` computes the papers'
-numbers.
+numbers. ``masks``: polygons and RLEs rasterised, the mask head's targets as detectron2's
+``crop_and_resize``. ``mask_rcnn``: Mask R-CNN C4 (res5 shared by the box and mask heads) and
+R50-FPN with BatchNorm in backbone, FPN and heads. ``coco_metrics``: COCO box and mask AP.
+``tasks``: the protocols (``voc-c4``, ``coco-c4-1x``, ``coco-c4-2x``, ``coco-fpn-1x``).
 
-Plain PyTorch and NumPy (no Lightning). torchvision's FPN detector built around an exported
+Plain PyTorch and NumPy (no Lightning) but ``training``, the Lightning module and data. torchvision's FPN detector built around an exported
 backbone, ``faster_rcnn_from_export``, lives in :mod:`contrastlab.models.exported`; its old
 name here still works, with a ``DeprecationWarning``.
 """
