@@ -7,6 +7,7 @@ libraries evaluate the same files (``bbox`` and ``segm``); the script checks tha
 summary numbers agree and prints one markdown row per library and IoU type with the seconds of
 ``evaluate() + accumulate() + summarize()`` (the loading of the files counted apart).
 
+    pip install pycocotools   # the peer (faster-coco-eval is contrastlab's dependency)
     python bench/coco_eval.py --images 500 --objects 7 --detections 100
 """
 
@@ -84,31 +85,21 @@ def make_files(folder: Path, images: int, objects: int, detections: int, seed: i
     return truth_file, found_file
 
 
-def run_pycocotools(truth_file: Path, found_file: Path, kind: str):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def evaluate(library: str, truth_file: Path, found_file: Path, kind: str):
+    """``library``'s twelve summary numbers, its seconds to load the files and to evaluate."""
+    if library == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval as Evaluator
+    else:
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as Evaluator
 
     with contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         gt = COCO(str(truth_file))
         dt = gt.loadRes(str(found_file))
         loaded = time.perf_counter()
-        evaluator = COCOeval(gt, dt, kind)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return np.array(evaluator.stats[:12]), loaded - start, time.perf_counter() - loaded
-
-
-def run_faster(truth_file: Path, found_file: Path, kind: str):
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        start = time.perf_counter()
-        gt = COCO(str(truth_file))
-        dt = gt.loadRes(str(found_file))
-        loaded = time.perf_counter()
-        evaluator = COCOeval_faster(gt, dt, kind)
+        evaluator = Evaluator(gt, dt, kind)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -127,8 +118,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for kind in ("bbox", "segm"):
             results = {}
-            for name, run in (("pycocotools", run_pycocotools), ("faster-coco-eval", run_faster)):
-                stats, load, seconds = run(*files, kind)
+            for name in ("pycocotools", "faster-coco-eval"):
+                stats, load, seconds = evaluate(name, *files, kind)
                 results[name] = (stats, seconds)
                 print(
                     f"| {name} | {kind} | {load:.2f} | {seconds:.2f} | {100 * stats[0]:.3f} | "

@@ -22,20 +22,30 @@ SHAPES = {"cat": ("ellipse", (220, 30, 30)), "dog": ("rectangle", (30, 60, 220))
 def scene(seed: int) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int]]]]:
     """One image and its objects as ``(class, (xmin, ymin, xmax, ymax))`` in the XML's 1-based
     inclusive pixels."""
-    rng = np.random.default_rng(seed)
-    height, width = int(rng.integers(96, 129)), int(rng.integers(96, 129))
-    picture = Image.fromarray(photo_pixels(height, width, seed))
+    picture, placed = placements(seed)
     draw = ImageDraw.Draw(picture)
     objects = []
-    for _ in range(int(rng.integers(1, 4))):
-        name = str(rng.choice(list(SHAPES)))
-        side = int(rng.integers(14, 41))
-        x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    for name, side, x0, y0 in placed:
         x1, y1 = x0 + side - 1, y0 + side - 1  # inclusive pixels
         kind, colour = SHAPES[name]
         getattr(draw, kind)((x0, y0, x1, y1), fill=colour)
         objects.append((name, (x0 + 1, y0 + 1, x1 + 1, y1 + 1)))
     return picture, objects
+
+
+def placements(seed: int) -> tuple[Image.Image, list[tuple[str, int, int, int]]]:
+    """A 96-128 px photo-like background and one to three objects on it as ``(class, side,
+    x0, y0)``, all drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    height, width = int(rng.integers(96, 129)), int(rng.integers(96, 129))
+    picture = Image.fromarray(photo_pixels(height, width, seed))
+    placed = []
+    for _ in range(int(rng.integers(1, 4))):
+        name = str(rng.choice(list(SHAPES)))
+        side = int(rng.integers(14, 41))
+        x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        placed.append((name, side, x0, y0))
+    return picture, placed
 
 
 def write_image(folder: Path, image_id: str, seed: int) -> None:
@@ -95,15 +105,10 @@ def disc_polygon(x0: float, y0: float, side: float, points: int = 16) -> list[fl
 def coco_scene(seed: int) -> tuple[Image.Image, list[dict]]:
     """One image and its objects as COCO annotations without ids: cats are discs (16-gons),
     dogs squares, drawn as their polygons so the photo shows exactly the annotation."""
-    rng = np.random.default_rng(seed)
-    height, width = int(rng.integers(96, 129)), int(rng.integers(96, 129))
-    picture = Image.fromarray(photo_pixels(height, width, seed))
+    picture, placed = placements(seed)
     draw = ImageDraw.Draw(picture)
     objects = []
-    for _ in range(int(rng.integers(1, 4))):
-        name = str(rng.choice(list(SHAPES)))
-        side = int(rng.integers(14, 41))
-        x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    for name, side, x0, y0 in placed:
         if name == "cat":
             polygon = disc_polygon(x0, y0, side)
         else:

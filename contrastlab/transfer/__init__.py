@@ -14,9 +14,10 @@ numbers. ``masks``: polygons and RLEs rasterised, the mask head's targets as det
 R50-FPN with BatchNorm in backbone, FPN and heads. ``coco_metrics``: COCO box and mask AP.
 ``tasks``: the protocols (``voc-c4``, ``coco-c4-1x``, ``coco-c4-2x``, ``coco-fpn-1x``).
 
-Plain PyTorch and NumPy (no Lightning) but ``training``, the Lightning module and data. torchvision's FPN detector built around an exported
-backbone, ``faster_rcnn_from_export``, lives in :mod:`contrastlab.models.exported`; its old
-name here still works, with a ``DeprecationWarning``.
+Plain PyTorch and NumPy (no Lightning) but ``training``, the Lightning module and data.
+torchvision's FPN detector built around an exported backbone, ``faster_rcnn_from_export``,
+lives in :mod:`contrastlab.models.exported`; its old name here still works, with a
+``DeprecationWarning``.
 """
 
 from __future__ import annotations

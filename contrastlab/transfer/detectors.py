@@ -200,6 +200,44 @@ def stage_channels(stage: nn.Module) -> int:
     return norms[-1].num_features
 
 
+def detectron_predictor(channels: int, num_classes: int) -> FastRCNNPredictor:
+    """Class scores (``num_classes`` + background) and per-class box deltas, initialised as
+    detectron2's: scores N(0, 0.01), deltas N(0, 0.001), zero biases."""
+    predictor = FastRCNNPredictor(channels, num_classes + 1)
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    return predictor
+
+
+def detector_options(settings: C4Settings) -> dict:
+    """``settings`` as torchvision's ``FasterRCNN`` takes them: sizes, normalisation, the RPN's
+    and the box head's sampling, NMS and limits."""
+    return {
+        "min_size": settings.train_sizes,
+        "max_size": settings.max_size,
+        "image_mean": list(settings.mean),
+        "image_std": list(settings.std),
+        "rpn_pre_nms_top_n_train": settings.rpn_pre_nms_train,
+        "rpn_pre_nms_top_n_test": settings.rpn_pre_nms_test,
+        "rpn_post_nms_top_n_train": settings.rpn_post_nms_train,
+        "rpn_post_nms_top_n_test": settings.rpn_post_nms_test,
+        "rpn_nms_thresh": settings.rpn_nms,
+        "rpn_fg_iou_thresh": settings.rpn_iou[1],
+        "rpn_bg_iou_thresh": settings.rpn_iou[0],
+        "rpn_batch_size_per_image": settings.rpn_batch,
+        "rpn_positive_fraction": settings.rpn_positive_fraction,
+        "box_score_thresh": settings.score_threshold,
+        "box_nms_thresh": settings.nms,
+        "box_detections_per_img": settings.detections_per_image,
+        "box_fg_iou_thresh": settings.roi_iou,
+        "box_bg_iou_thresh": settings.roi_iou,
+        "box_batch_size_per_image": settings.roi_batch,
+        "box_positive_fraction": settings.roi_positive_fraction,
+    }
+
+
 def faster_rcnn_c4(
     resnet: nn.Module,
     num_classes: int,
@@ -230,38 +268,14 @@ def faster_rcnn_c4(
     trunk.out_channels = stage_channels(net.layer3)
     res5_channels = stage_channels(net.layer4)
     anchors = AnchorGenerator((settings.anchor_sizes,), (settings.aspect_ratios,))
-    predictor = FastRCNNPredictor(res5_channels, num_classes + 1)
-    nn.init.normal_(predictor.cls_score.weight, std=0.01)
-    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-    nn.init.zeros_(predictor.cls_score.bias)
-    nn.init.zeros_(predictor.bbox_pred.bias)
     model = FasterRCNN(
         trunk,
-        min_size=settings.train_sizes,
-        max_size=settings.max_size,
-        image_mean=list(settings.mean),
-        image_std=list(settings.std),
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(trunk.out_channels, anchors.num_anchors_per_location()[0]),
-        rpn_pre_nms_top_n_train=settings.rpn_pre_nms_train,
-        rpn_pre_nms_top_n_test=settings.rpn_pre_nms_test,
-        rpn_post_nms_top_n_train=settings.rpn_post_nms_train,
-        rpn_post_nms_top_n_test=settings.rpn_post_nms_test,
-        rpn_nms_thresh=settings.rpn_nms,
-        rpn_fg_iou_thresh=settings.rpn_iou[1],
-        rpn_bg_iou_thresh=settings.rpn_iou[0],
-        rpn_batch_size_per_image=settings.rpn_batch,
-        rpn_positive_fraction=settings.rpn_positive_fraction,
         box_roi_pool=AlignedRoIPool(settings.pooler_resolution, stride=16),
         box_head=Res5Head(net.layer4, res5_channels, extra_norm),
-        box_predictor=predictor,
-        box_score_thresh=settings.score_threshold,
-        box_nms_thresh=settings.nms,
-        box_detections_per_img=settings.detections_per_image,
-        box_fg_iou_thresh=settings.roi_iou,
-        box_bg_iou_thresh=settings.roi_iou,
-        box_batch_size_per_image=settings.roi_batch,
-        box_positive_fraction=settings.roi_positive_fraction,
+        box_predictor=detectron_predictor(res5_channels, num_classes),
+        **detector_options(settings),
         size_divisible=1,  # a ResNet without FPN pads only to the batch's largest image
     )
     model.rpn.__class__ = DetectronRPN  # the same state and settings, detectron2's losses

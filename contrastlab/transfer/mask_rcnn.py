@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -40,6 +40,8 @@ from contrastlab.transfer.detectors import (
     DetectronBoxHeads,
     DetectronRPN,
     box_losses,
+    detector_options,
+    detectron_predictor,
     faster_rcnn_c4,
     stage_channels,
 )
@@ -310,38 +312,14 @@ def mask_rcnn_fpn(
         norm_layer=nn.BatchNorm2d,
     )
     xavier_fill(box_head[-2])
-    predictor = FastRCNNPredictor(1024, num_classes + 1)
-    nn.init.normal_(predictor.cls_score.weight, std=0.01)
-    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
-    nn.init.zeros_(predictor.cls_score.bias)
-    nn.init.zeros_(predictor.bbox_pred.bias)
     model = FasterRCNN(
         backbone,
-        min_size=settings.train_sizes,
-        max_size=settings.max_size,
-        image_mean=list(settings.mean),
-        image_std=list(settings.std),
         rpn_anchor_generator=anchors,
         rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
-        rpn_pre_nms_top_n_train=settings.rpn_pre_nms_train,
-        rpn_pre_nms_top_n_test=settings.rpn_pre_nms_test,
-        rpn_post_nms_top_n_train=settings.rpn_post_nms_train,
-        rpn_post_nms_top_n_test=settings.rpn_post_nms_test,
-        rpn_nms_thresh=settings.rpn_nms,
-        rpn_fg_iou_thresh=settings.rpn_iou[1],
-        rpn_bg_iou_thresh=settings.rpn_iou[0],
-        rpn_batch_size_per_image=settings.rpn_batch,
-        rpn_positive_fraction=settings.rpn_positive_fraction,
         box_roi_pool=AlignedLevelRoIAlign(levels, settings.pooler_resolution, 0),
         box_head=box_head,
-        box_predictor=predictor,
-        box_score_thresh=settings.score_threshold,
-        box_nms_thresh=settings.nms,
-        box_detections_per_img=settings.detections_per_image,
-        box_fg_iou_thresh=settings.roi_iou,
-        box_bg_iou_thresh=settings.roi_iou,
-        box_batch_size_per_image=settings.roi_batch,
-        box_positive_fraction=settings.roi_positive_fraction,
+        box_predictor=detectron_predictor(1024, num_classes),
+        **detector_options(settings),
         size_divisible=settings.size_divisibility,
     )
     model.rpn.__class__ = DetectronRPN
