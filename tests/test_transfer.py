@@ -628,7 +628,9 @@ def test_coco_is_read_in_image_id_order_with_contiguous_labels_and_detectron2s_f
     assert first.labels().tolist() == [1, 2]  # car, train
     assert first.boxes().tolist() == [[2.5, 4.0, 12.5, 24.0], [0.0, 0.0, 64.0, 48.0]]
     assert first.crowd().tolist() == [False, True]
-    assert first.objects[0].segmentation == ((2.5, 4.0, 12.5, 4.0, 12.5, 24.0, 2.5, 24.0),)
+    (polygon,) = first.objects[0].segmentation  # float64 arrays: compact, as read
+    assert polygon.dtype == np.float64
+    assert polygon.tolist() == [2.5, 4.0, 12.5, 4.0, 12.5, 24.0, 2.5, 24.0]
     assert first.objects[1].segmentation == {"size": [48, 64], "counts": [0, 3072]}
     assert dataset.images[1].objects == () and dataset.dropped_objects == 1
 
