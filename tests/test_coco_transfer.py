@@ -430,11 +430,12 @@ def test_training_images_without_a_non_crowd_object_are_left_out(coco, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_coco_run_reports_box_and_mask_ap_of_the_tested_detector(coco, tmp_path, capsys):
+@pytest.mark.parametrize("task", [COCO_C4_1X, COCO_FPN_1X], ids=lambda t: t.name)
+def test_a_coco_run_reports_box_and_mask_ap_of_the_tested_detector(task, coco, tmp_path, capsys):
     out = tmp_path / "run"
     main(
         [
-            "transfer", "--task", "coco-c4-1x", "--checkpoint", "random", "--backbone",
+            "transfer", "--task", task.name, "--checkpoint", "random", "--backbone",
             "resnet18", "--data.root", str(coco), "--out", str(out), "--batch-size", "2",
             "--iterations", "6", "--train-sizes", "64", "80", "--max-size", "120",
             "--roi-batch", "16", "--test-proposals", "20", "--precise-bn-iterations", "2",
@@ -442,22 +443,17 @@ def test_a_coco_run_reports_box_and_mask_ap_of_the_tested_detector(coco, tmp_pat
         ]
     )  # fmt: skip
     result = json.loads(Path(f"{out}.json").read_text())
-    assert result["task"] == "coco-c4-1x" and result["train_images"] == 24
+    assert result["task"] == task.name and result["train_images"] == 24
     assert set(result["box"]) == set(result["mask"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert result["AP"] == result["box"]["AP"] and "mask AP" in capsys.readouterr().out
     assert "mask AP" in transfer_text(result)
 
     torch.manual_seed(0)
-    detector = mask_rcnn_c4(
-        torchvision.models.resnet18(),
-        2,
-        configure(
-            COCO_C4_1X, train_sizes=(64, 80), max_size=120, roi_batch=16, test_proposals=20
-        ).settings,
-    )
+    small = configure(task, train_sizes=(64, 80), max_size=120, roi_batch=16, test_proposals=20)
+    detector = build_detector(small, torchvision.models.resnet18(), 2)
     detector.load_state_dict(torch.load(out / "detector.pth", weights_only=True))
     detector.eval()
-    data = read_task_data(COCO_C4_1X, coco)
+    data = read_task_data(task, coco)
     items = CocoDetectionImages(data.test, flip_prob=0.0, masks=False)
     with torch.no_grad():
         found = [detector([items[i][0]])[0] for i in range(len(items))]
