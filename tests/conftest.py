@@ -51,6 +51,17 @@ def real_cifar_root() -> Path | None:
     return None
 
 
+NEEDS_REAL_CIFAR = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(
+        real_cifar_root() is None,
+        reason="real CIFAR-10 not found under ../shared/data or "
+        "$CONTRASTLAB_DATA (cifar-10-batches-py/)",
+    ),
+]
+"""The marks of a test module that needs the real CIFAR-10: skipped, with the reason, without."""
+
+
 def write_cifar(
     root: Path,
     variant: str = "cifar10",

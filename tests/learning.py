@@ -171,6 +171,10 @@ RECIPES: dict[str, Recipe] = {
 PINNED = [name for name, recipe in RECIPES.items() if recipe.margin is not None]
 """The recipes whose margins are pinned: the learning-regression tests."""
 
+SIAMESE = ("byol", "simsiam")
+"""The pinned recipes without negatives, tested in their own file (tests/test_learning_siamese.py)
+so that the suite's two workers can share the learning runs (a file stays in one worker)."""
+
 
 def fit_arguments(name: str, root: Path, run_dir: Path, seed: int = 0) -> list[str]:
     recipe = RECIPES[name]
@@ -187,6 +191,17 @@ def fit_arguments(name: str, root: Path, run_dir: Path, seed: int = 0) -> list[s
         *COMMON,
         *recipe.overrides,
     ]
+
+
+def assert_learns(name: str, root: Path, run_dir: Path) -> None:
+    """Seed 0 of recipe ``name`` must beat its untrained encoder's kNN by its pinned margin."""
+    untrained, trained = knn_gain(name, root, run_dir)
+    margin = RECIPES[name].margin
+    print(f"{name}: kNN {untrained:.2f}% untrained -> {trained:.2f}% after {STEPS} steps")
+    assert trained > untrained + margin, (
+        f"{name} learned {trained - untrained:+.2f} points in {STEPS} steps "
+        f"({untrained:.2f}% -> {trained:.2f}%); the pinned margin is {margin}"
+    )
 
 
 def knn_gain(name: str, root: Path, run_dir: Path, seed: int = 0) -> tuple[float, float]:

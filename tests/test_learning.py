@@ -7,30 +7,16 @@ Breakages that 128 steps cannot tell from learning (MoCo's queue frozen, SimCLR'
 taken from another image, SimSiam's stop-gradient removed) are checked on the mechanism by
 tests/test_frameworks.py and tests/test_negatives.py: ``python bench/learning_margins.py``
 measures both, ``bench/RESULTS.md`` has the table. Skipped, with the reason, when the real data
-is absent."""
+is absent. BYOL and SimSiam: tests/test_learning_siamese.py."""
 
 import pytest
-from conftest import real_cifar_root
-from learning import PINNED, RECIPES, STEPS, knn_gain
+from conftest import NEEDS_REAL_CIFAR, real_cifar_root
+from learning import PINNED, SIAMESE, assert_learns
 
 ROOT = real_cifar_root()
-pytestmark = [
-    pytest.mark.realdata,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        ROOT is None,
-        reason="real CIFAR-10 not found under ../shared/data or "
-        "$CONTRASTLAB_DATA (cifar-10-batches-py/)",
-    ),
-]
+pytestmark = [*NEEDS_REAL_CIFAR, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("name", PINNED)
+@pytest.mark.parametrize("name", [n for n in PINNED if n not in SIAMESE])
 def test_a_short_run_beats_its_untrained_encoder(name, tmp_path):
-    untrained, trained = knn_gain(name, ROOT, tmp_path / name)
-    margin = RECIPES[name].margin
-    print(f"{name}: kNN {untrained:.2f}% untrained -> {trained:.2f}% after {STEPS} steps")
-    assert trained > untrained + margin, (
-        f"{name} learned {trained - untrained:+.2f} points in {STEPS} steps "
-        f"({untrained:.2f}% -> {trained:.2f}%); the pinned margin is {margin}"
-    )
+    assert_learns(name, ROOT, tmp_path / name)

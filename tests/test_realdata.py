@@ -5,21 +5,14 @@ Skipped, with the reason, when the data is absent."""
 import lightning
 import pytest
 import torch
-from conftest import real_cifar_root
+from conftest import NEEDS_REAL_CIFAR, real_cifar_root
 
 from contrastlab.data.module import ContrastDataModule
 from contrastlab.data.readers import read_cifar
 from contrastlab.methods import MoCoV2
 
 ROOT = real_cifar_root()
-pytestmark = [
-    pytest.mark.realdata,
-    pytest.mark.skipif(
-        ROOT is None,
-        reason="real CIFAR-10 not found under ../shared/data or "
-        "$CONTRASTLAB_DATA (cifar-10-batches-py/)",
-    ),
-]
+pytestmark = NEEDS_REAL_CIFAR
 
 
 def test_real_cifar10_structure():
