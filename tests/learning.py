@@ -171,10 +171,6 @@ RECIPES: dict[str, Recipe] = {
 PINNED = [name for name, recipe in RECIPES.items() if recipe.margin is not None]
 """The recipes whose margins are pinned: the learning-regression tests."""
 
-SIAMESE = ("byol", "simsiam")
-"""The pinned recipes without negatives, tested in their own file (tests/test_learning_siamese.py)
-so that the suite's two workers can share the learning runs (a file stays in one worker)."""
-
 
 def fit_arguments(name: str, root: Path, run_dir: Path, seed: int = 0) -> list[str]:
     recipe = RECIPES[name]

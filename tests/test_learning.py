@@ -7,16 +7,16 @@ Breakages that 128 steps cannot tell from learning (MoCo's queue frozen, SimCLR'
 taken from another image, SimSiam's stop-gradient removed) are checked on the mechanism by
 tests/test_frameworks.py and tests/test_negatives.py: ``python bench/learning_margins.py``
 measures both, ``bench/RESULTS.md`` has the table. Skipped, with the reason, when the real data
-is absent. BYOL and SimSiam: tests/test_learning_siamese.py."""
+is absent."""
 
 import pytest
 from conftest import NEEDS_REAL_CIFAR, real_cifar_root
-from learning import PINNED, SIAMESE, assert_learns
+from learning import PINNED, assert_learns
 
 ROOT = real_cifar_root()
 pytestmark = [*NEEDS_REAL_CIFAR, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("name", [n for n in PINNED if n not in SIAMESE])
+@pytest.mark.parametrize("name", PINNED)
 def test_a_short_run_beats_its_untrained_encoder(name, tmp_path):
     assert_learns(name, ROOT, tmp_path / name)
