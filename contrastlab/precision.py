@@ -20,7 +20,9 @@ candidate is timed :data:`REPEATS` times, interleaved; when one candidate's read
 more than :data:`AGREEMENT` the decision serves this process only and is not cached. A run that
 trains faster than the cached reading of its own precision (:func:`contradicts`: a training
 step does at least the measured forward + backward) proves that reading disturbed, and
-:func:`forget_precision` drops it. ``CONTRASTLAB_REMEASURE=1`` ignores the cache once.
+:func:`forget_precision` drops it. ``CONTRASTLAB_REMEASURE=1`` ignores the cache once;
+``CONTRASTLAB_PRECISION=<name>`` (:func:`fixed_precision`) replaces every measurement with that
+precision.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 from torch import nn
 
 from contrastlab.io import atomic_write
+from contrastlab.options import OptionError
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 """Lightning precision names that mean autocast, and their dtype (anything else: fp32)."""
@@ -58,6 +61,10 @@ CONTRADICTION = 1.1
 """A run training more than this factor faster (per process) than the backbone's measured
 forward + backward in the same precision contradicts the measurement."""
 REMEASURE_ENV = "CONTRASTLAB_REMEASURE"
+FIXED_ENV = "CONTRASTLAB_PRECISION"
+"""A Lightning precision name that replaces every measurement (:func:`fixed_precision`)."""
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+"""The precisions a run may take without ``--trainer.precision``."""
 PROBE_BATCH = 8
 """Before the full measurement, each candidate takes one step (after a warm-up) at this batch."""
 HOPELESS = 3.0
@@ -94,6 +101,17 @@ def default_precision() -> str:
     if torch.cuda.is_available():
         return "bf16-mixed" if bf16_is_fast("cuda") else "16-mixed"
     return "bf16-mixed" if bf16_is_fast("cpu") else "32-true"
+
+
+def fixed_precision() -> str | None:
+    """``$CONTRASTLAB_PRECISION`` when set: the precision of every run and evaluation loop that
+    would otherwise measure one (``--trainer.precision`` still wins), for machines where a
+    measurement costs more than it saves (a test suite whose every run starts with an empty
+    cache, jobs that each land on a fresh node). An unknown name is an error."""
+    value = os.environ.get(FIXED_ENV, "")
+    if value and value not in PRECISIONS:
+        raise OptionError(f"{FIXED_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")
+    return value or None
 
 
 def candidates(device: torch.device | str) -> tuple[str, ...]:
@@ -200,6 +218,8 @@ class PrecisionChoice:
     """The largest relative spread of one candidate's repeated readings."""
     dropped: dict[str, float] = dataclasses.field(default_factory=dict)
     """Candidates left out after the probe: how many times slower than the fastest probe."""
+    fixed: bool = False
+    """Taken from :func:`fixed_precision`, not measured."""
 
     @property
     def trusted(self) -> bool:
@@ -207,6 +227,8 @@ class PrecisionChoice:
 
     def message(self) -> str:
         """``bf16-mixed: 186 img/s vs 32-true: 87 img/s on <device>`` (fastest first)."""
+        if self.fixed:
+            return f"precision {self.precision} on {self.device} ({FIXED_ENV}, not measured)"
         ranked = sorted(self.rates.items(), key=lambda item: -item[1])
         figures = " vs ".join(f"{name}: {rate:.0f} img/s" for name, rate in ranked)
         figures += "".join(
@@ -294,7 +316,11 @@ def choose_precision(
     """The fastest of :func:`candidates` for this network, batch and view size on ``device``:
     the cached decision when this (device, torch, network, input size) was measured before,
     else measured now (:func:`images_per_second`, :data:`REPEATS` interleaved readings of each,
-    the best reading counting) and cached when the readings agree (:data:`AGREEMENT`)."""
+    the best reading counting) and cached when the readings agree (:data:`AGREEMENT`); with
+    :func:`fixed_precision` set, that precision, unmeasured."""
+    fixed = fixed_precision()
+    if fixed is not None:
+        return PrecisionChoice(fixed, {}, device_name(device), fixed=True)
     known = cached_precision(network, image_size, device, channels_last)
     if known is not None:
         return known

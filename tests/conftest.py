@@ -19,6 +19,33 @@ THREADS = max(1, min(2, os.cpu_count() or 1) // WORKERS)
 torch.set_num_threads(THREADS)
 if WORKERS > 1:  # the runs the tests launch share the cores too
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+os.environ["CONTRASTLAB_PRECISION"] = "32-true"
+"""Every run and evaluation loop of the tests (and of the processes they launch) trains in fp32
+without timing the candidates first: each test session starts with an empty cache, and the
+timings cost several minutes of CI (bf16 probes on CPUs without bf16 arithmetic, fp32 at a
+full batch, twice). The numbers tests compare are fp32 on every CPU. tests/test_precision.py
+unsets it to test the measurement."""
+
+
+LONGEST_FIRST = (
+    "test_learning.py",  # 760 s of worker time on a 2-core AMD EPYC (2026-12-03)
+    "test_distributed.py",  # 510 s
+    "test_crashproof.py",  # 270 s
+    "test_reproduce.py",  # 210 s
+    "test_training.py",  # 155 s
+    "test_folders.py",  # 115 s
+    "test_classifier.py",  # 95 s
+    "test_precision.py",  # 85 s
+)
+"""The slowest test files, longest first: scripts/test.sh hands whole files to its two workers
+in collection order (``--dist loadfile --no-loadscope-reorder``), so the longest start first and
+the short ones fill the gaps; the rest follow in their usual order. (xdist's own reordering, by
+number of tests, left the five 150 s learning runs to one worker at the end.)"""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
 def device_from_environment(value: str | None) -> torch.device:
@@ -108,15 +135,6 @@ def precision_cache(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cache")
     os.environ["CONTRASTLAB_CACHE"] = str(folder)
     return folder
-
-
-@pytest.fixture
-def fp32_decisions(monkeypatch) -> None:
-    """Every precision measurement decides fp32 (tests comparing numbers across runs)."""
-    import contrastlab.precision
-
-    monkeypatch.setattr(contrastlab.precision, "candidates", lambda device: ("32-true",))
-    monkeypatch.setattr(contrastlab.precision, "_decided", {})
 
 
 @pytest.fixture

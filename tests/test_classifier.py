@@ -186,9 +186,7 @@ def test_a_run_on_a_photo_folder_survives_a_kill_and_resumes_exactly(tmp_path, p
 
 
 @pytest.mark.slow
-def test_the_probes_accuracy_is_the_saved_classifier_on_centre_views(
-    tmp_path, pretrained, fp32_decisions
-):
+def test_the_probes_accuracy_is_the_saved_classifier_on_centre_views(tmp_path, pretrained):
     """The reported last-epoch top-1 equals the saved head on features computed apart (the
     un-augmented centre views every evaluation measures)."""
     from contrastlab.app.evaluate import Evaluation
@@ -232,9 +230,7 @@ def test_a_subset_list_and_the_backbone_lr_sweep(tmp_path, pretrained, capsys):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_share_the_batches_and_count_every_evaluation_image(
-    tmp_path, pretrained, fp32_decisions
-):
+def test_two_processes_share_the_batches_and_count_every_evaluation_image(tmp_path, pretrained):
     checkpoint = copy_run(pretrained, tmp_path / "run")
     args = command(checkpoint, *PROBE, "--devices", "2")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",

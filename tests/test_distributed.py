@@ -129,7 +129,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_cifar
     assert two["contrastlab"]["view_rng"].shape[0] == 2
 
 
-def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar, fp32_decisions):
+def test_two_processes_with_shuffle_bn_and_knn_monitor(tmp_path, tiny_cifar):
     run_dir = tmp_path / "ddp"
     run(
         [

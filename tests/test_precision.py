@@ -32,7 +32,9 @@ class FakeClock:
 
 @pytest.fixture(autouse=True)
 def fresh_cache(tmp_path, monkeypatch):
-    """Each test starts with an empty cache directory and no decision in memory."""
+    """Each test starts with an empty cache directory and no decision in memory, and measures
+    (the suite's fixed precision, conftest.py, unset)."""
+    monkeypatch.delenv(precision.FIXED_ENV)
     monkeypatch.setenv("CONTRASTLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "_decided", {})
 
@@ -104,14 +106,15 @@ def test_measuring_leaves_the_network_and_global_rng_untouched():
 
 
 @pytest.mark.parametrize(("bf16", "fp32"), [(1.0, 3.0), (3.0, 1.0)])
-def test_evaluation_uses_the_decision(bf16, fp32):
+def test_evaluation_uses_the_decision(monkeypatch, bf16, fp32):
     torch.manual_seed(0)
     model = MoCoV2(queue_size=32)
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
     batches = [(images, torch.arange(16), torch.zeros(16, dtype=torch.long))]
-    decided = precision.choose_precision(
-        model.backbone, 8, model.augment.size, "cpu", timer=FakeClock(bf16, fp32)
-    )
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 1 / bf16, "32-true": 1 / fp32})
+    decided = precision.choose_precision(model.backbone, 8, model.augment.size, "cpu")
+    faster = "bf16-mixed" if bf16 < fp32 else "32-true"  # seconds per reading
+    assert len(calls) == 2 * precision.REPEATS and decided.precision == faster
     found, _ = extract_features(model, batches, torch.device("cpu"))
     with torch.no_grad():
         reference = model.features(images)  # outside autocast: fp32
@@ -345,3 +348,22 @@ def test_the_probe_batch_keeps_two_images_in_every_split_batchnorm_group(monkeyp
     precision._decided.clear()
     precision.choose_precision(network, 64, 8, "cpu")
     assert calls[:2] == [("bf16-mixed", 16), ("32-true", 16)]
+
+
+def test_a_fixed_precision_replaces_every_measurement(tmp_path, tiny_cifar, monkeypatch, capsys):
+    """``CONTRASTLAB_PRECISION``: no timing, in training and in evaluation loops; the trainer's
+    own option still wins; an unknown name is one line naming the variable."""
+    calls = fake_rates(monkeypatch, {"bf16-mixed": 186e3, "32-true": 87e3})
+    monkeypatch.setenv(precision.FIXED_ENV, "bf16-mixed")
+    choice = precision.choose_precision(MoCoV2(queue_size=32).backbone, 64, 32, "cpu")
+    assert (choice.precision, choice.rates, calls) == ("bf16-mixed", {}, [])
+    assert precision.FIXED_ENV in choice.message() and "img/s" not in choice.message()
+    main(fit_options(tmp_path / "a", tiny_cifar))
+    assert calls == [] and trainer_precision(tmp_path / "a") == "bf16-mixed"
+    assert f"precision bf16-mixed ({precision.FIXED_ENV})" in capsys.readouterr().err
+    main(fit_options(tmp_path / "b", tiny_cifar, "--trainer.precision", "32-true"))
+    assert calls == [] and trainer_precision(tmp_path / "b") == "32-true"
+    monkeypatch.setenv(precision.FIXED_ENV, "fp8")
+    with pytest.raises(SystemExit, match=r"CONTRASTLAB_PRECISION='fp8': expected one of 32-true"):
+        main(fit_options(tmp_path / "c", tiny_cifar))
+    assert not (tmp_path / "c" / "checkpoints").exists()

@@ -85,7 +85,7 @@ def test_convnext_feature_map_is_the_last_stage():
 
 
 @pytest.mark.parametrize("kind", ["vit", "convnext"])
-def test_localisation_finds_content_in_one_corner(kind, fp32_decisions):
+def test_localisation_finds_content_in_one_corner(kind):
     """A textured top-left quarter on a flat grey image. The untrained network's flat-region
     features are alike, so each box is either the whole image (the flat region's channel sum is
     the highest) or lies in the top-left corner, within a patch / receptive field of it; with

@@ -23,6 +23,7 @@ from contrastlab.io import remove_stale_temporaries
 from contrastlab.methods.base import ContrastiveMethod
 from contrastlab.options import OptionError, check_divides, check_options, suggest_keys
 from contrastlab.precision import (
+    FIXED_ENV,
     PrecisionChoice,
     cache_file,
     cached_precision,
@@ -30,6 +31,7 @@ from contrastlab.precision import (
     contradicts,
     default_precision,
     device_name,
+    fixed_precision,
     forget_precision,
 )
 from contrastlab.presets import list_presets, preset_path
@@ -472,8 +474,13 @@ def measured_precision(
     on its device (:func:`contrastlab.precision.choose_precision`), said in one line. Several
     processes starting together would time each other, so they use an earlier measurement or,
     without one, the static guess (:func:`contrastlab.precision.default_precision`, returned as
-    a plain name)."""
+    a plain name); ``$CONTRASTLAB_PRECISION`` replaces the measurement
+    (:func:`contrastlab.precision.fixed_precision`)."""
     device = training_device(trainer_config)
+    fixed = fixed_precision()
+    if fixed is not None:
+        note(f"precision {fixed} ({FIXED_ENV}); --trainer.precision overrides")
+        return fixed
     network, size = model.backbone, model.augment.size
     channels_last = bool(model.hparams.channels_last)
     known = cached_precision(network, size, device, channels_last)
