@@ -1,11 +1,13 @@
 """``contrastlab transfer``: the protocol's settings and their smaller variants, the backbone a
-detector starts from, the loaders, the test's score against the detector's own outputs, and a
-run killed mid-way that resumes exactly. On a VOC devkit the tests write (tests/scenes.py)."""
+detector starts from, the loaders, the test's score against the detector's own outputs, a run
+killed mid-way that resumes exactly, and a run in two processes. On a VOC devkit the tests
+write (tests/scenes.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -206,6 +208,38 @@ def test_the_test_scores_the_detectors_own_outputs_after_precise_bn(devkit):
     assert module.result["AP50_per_class"].keys() == set(VOC_CLASSES)
 
 
+class Recording:
+    """A scoring that returns what it was given."""
+
+    def compact(self, found):
+        return found
+
+    def score(self, images, found):
+        return {"images": images, "found": found}
+
+
+def test_the_processes_detections_are_gathered_and_scored_in_test_order(monkeypatch):
+    """Process 0 tested images 0 and 2, process 1 images 1 and 3 (the test sampler's r, r + n):
+    the first process scores all four in test order; a missing image is an error."""
+    from types import SimpleNamespace
+
+    module = DetectionTraining(torch.nn.Identity(), SMALL.solver, 2, scoring=Recording())
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(test=["i0", "i1", "i2", "i3"]))
+    shares = [[(0, "a"), (2, "c")], [(1, "b"), (3, "d")]]
+    monkeypatch.setattr(training.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(training.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(training, "world", lambda: (0, 2))
+    monkeypatch.setattr(
+        training.dist, "all_gather_object", lambda out, mine: out.__setitem__(slice(None), shares)
+    )
+    module._found = list(shares[0])
+    module.on_validation_epoch_end()
+    assert module.result == {"images": ["i0", "i1", "i2", "i3"], "found": ["a", "b", "c", "d"]}
+    shares[1] = [(1, "b")]
+    with pytest.raises(RuntimeError, match="scored 3 of 4 images"):
+        module.on_validation_epoch_end()
+
+
 # --------------------------------------------------------------------------- a run
 
 
@@ -263,6 +297,49 @@ def test_a_run_killed_mid_way_resumes_exactly_and_writes_its_result(devkit, tmp_
     )
     rows = (straight / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and "train/loss_objectness" in rows[0]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_one_detector_and_score_every_test_image(devkit, tmp_path):
+    """``--devices 2`` on the CPU (gloo): global batches of 2 split one image per process, the
+    test shared between the processes and gathered into one result over all four test images,
+    equal to VOC AP of the saved detector's outputs computed here in one process. (Eight
+    iterations leave a detector too weak for AP to tell which image a detection came from:
+    the order of the gathered detections is pinned by the test above.)"""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    out = tmp_path / "two"
+    command = [
+        sys.executable,
+        "-m",
+        "contrastlab",
+        *transfer_command(devkit, out, "--devices", "2"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("voc-c4: AP50") == 1  # said once, by the first process
+    result = json.loads(Path(f"{out}.json").read_text())
+    assert (result["processes"], result["global_batch"], result["iterations"]) == (2, 2, 8)
+    assert result["test_images"] == 4 and len(result["examples"]) == 4
+
+    small = configure(VOC_C4, train_sizes=(64, 80), max_size=120, roi_batch=16, test_proposals=20)
+    detector = faster_rcnn_c4(torchvision.models.resnet18(), 20, small.settings)
+    detector.load_state_dict(torch.load(out / "detector.pth", weights_only=True))
+    detector.eval()
+    test = voc_test_images(devkit)
+    images = training.DetectionImages(test, flip_prob=0.0)
+    with torch.no_grad():
+        found = [detector([images[i][0]])[0] for i in range(len(test))]
+    expected = voc_detection_ap(test, [{**f, "labels": f["labels"] - 1} for f in found])
+    for key in ("AP", "AP50", "AP75", "AP50_per_class"):
+        assert result[key] == expected[key], key
 
 
 def test_a_resume_of_another_kind_of_run_is_refused(tmp_path):
