@@ -26,7 +26,7 @@ from contrastlab.transfer.mask_rcnn import (
     AlignedLevelRoIAlign,
     FpnMaskHeads,
     FpnSettings,
-    PolygonTransform,
+    MaskTransform,
     UpsampleMaskHead,
     mask_loss,
     mask_rcnn_c4,
@@ -36,6 +36,7 @@ from contrastlab.transfer.masks import (
     bitmask_targets,
     flip_polygons,
     pack_polygons,
+    paste_masks,
     polygon_targets,
     polygons_to_mask,
     rle_to_mask,
@@ -169,7 +170,7 @@ def test_packed_polygons_unpack_and_flip_with_the_photo():
 
 
 def test_the_transform_scales_polygons_as_it_scales_boxes():
-    transform = PolygonTransform(40, 200, [0.0] * 3, [1.0] * 3, size_divisible=1)
+    transform = MaskTransform(40, 200, [0.0] * 3, [1.0] * 3, size_divisible=1)
     transform.train()
     target = {"boxes": torch.tensor([[2.0, 1.0, 6.0, 4.0]]), **pack_polygons([[RECT]])}
     images, (scaled,) = transform([torch.rand(3, 20, 25)], [target])
@@ -269,10 +270,75 @@ def test_evaluation_returns_a_mask_of_the_detected_class_pasted_in_the_image():
         assert result["masks"].min() >= 0 and result["masks"].max() <= 1
     first = logits[0][: len(found[0]["boxes"])]
     chosen = first[torch.arange(len(first)), found[0]["labels"] - 1].sigmoid()
-    pasted = torchvision.models.detection.roi_heads.paste_masks_in_image(
-        chosen[:, None], found[0]["boxes"], images[0].shape[-2:]
-    )
+    pasted = paste_masks(chosen[:, None], found[0]["boxes"], tuple(images[0].shape[-2:]))
     assert torch.allclose(pasted, found[0]["masks"], atol=1e-6)
+
+
+def pasted_by_hand(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int):
+    """detectron2's paste written out pixel by pixel: each pixel centre mapped into its box at
+    mask scale, the mask's four neighbouring cells weighted bilinearly, cells outside the mask
+    zero (a slow reference for paste_masks)."""
+    size = masks.shape[-1]
+    out = torch.zeros(len(masks), 1, height, width, dtype=torch.float64)
+
+    def cell(n: int, row: int, column: int) -> float:
+        inside = 0 <= row < size and 0 <= column < size
+        return float(masks[n, 0, row, column]) if inside else 0.0
+
+    for n, (x0, y0, x1, y1) in enumerate(boxes.double().tolist()):
+        for i in range(height):
+            for j in range(width):
+                u = (j + 0.5 - x0) / (x1 - x0) * size - 0.5
+                v = (i + 0.5 - y0) / (y1 - y0) * size - 0.5
+                left, top = math.floor(u), math.floor(v)
+                a, b = u - left, v - top
+                out[n, 0, i, j] = (
+                    (1 - a) * (1 - b) * cell(n, top, left)
+                    + a * (1 - b) * cell(n, top, left + 1)
+                    + (1 - a) * b * cell(n, top + 1, left)
+                    + a * b * cell(n, top + 1, left + 1)
+                )
+    return out
+
+
+def test_masks_are_pasted_as_detectron2_samples_each_pixel_centre():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.rand(4, 1, 5, 5, generator=generator)
+    boxes = torch.tensor(
+        [
+            [3.3, 2.7, 11.6, 9.2],
+            [0.0, 0.0, 4.0, 20.0],
+            [14.2, 12.9, 25.0, 18.4],
+            [7.5, 7.5, 8.2, 9.0],
+        ]
+    )
+    pasted = paste_masks(masks, boxes, (18, 22)).double()  # the boxes span the whole image
+    assert torch.allclose(pasted, pasted_by_hand(masks, boxes, 18, 22), atol=1e-6)
+    # One large box: sampled over its box grown to whole pixels plus one ([1, 22) x [0, 19)),
+    # where a pixel outside keeps a little of the mask's border (under 0.5) and is left 0.
+    box = torch.tensor([[2.2, 1.6, 21.0, 17.3]])
+    pasted = paste_masks(masks[:1], box, (24, 26)).double()
+    expected = pasted_by_hand(masks[:1], box, 24, 26)
+    outside = torch.ones(24, 26, dtype=torch.bool)
+    outside[0:19, 1:22] = False
+    assert torch.allclose(pasted[..., ~outside], expected[..., ~outside], atol=1e-6)
+    assert (pasted[..., outside] == 0).all()
+    assert expected[..., outside].max() > 0 and expected[..., outside].max() < 0.5
+    assert torch.equal(pasted >= 0.5, expected >= 0.5)
+
+
+def test_a_full_mask_on_a_whole_pixel_box_pastes_to_exactly_its_pixels():
+    """Where torchvision's paste (a padded mask resized to the rounded box) leaves one pixel of
+    a 2x2 box at or above 0.5 and blurs the rest past the box."""
+    box = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    expected = torch.zeros(1, 1, 5, 5)
+    expected[..., 1:3, 1:3] = 1
+    assert torch.equal(paste_masks(torch.ones(1, 1, 2, 2), box, (5, 5)), expected)
+    corner = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    one_pixel = torch.zeros(1, 1, 5, 5)
+    one_pixel[..., 1, 1] = 1
+    assert torch.equal(paste_masks(corner, box, (5, 5)), one_pixel)
+    assert paste_masks(torch.ones(0, 1, 2, 2), box[:0], (5, 5)).shape == (0, 1, 5, 5)
 
 
 # --------------------------------------------------------------------------- COCO AP

@@ -13,8 +13,8 @@ The mask loss is detectron2's ``mask_rcnn_loss``: the mean binary cross-entropy 
 foreground region's mask of its object's class against the object's mask cut to the region
 (:func:`contrastlab.transfer.masks.region_targets`); zero when a batch has no foreground.
 At test time res5 runs on the detected boxes, the mask of the detected class goes through a
-sigmoid and torchvision's ``paste_masks_in_image`` puts it in the image (detectron2 pastes with
-``grid_sample``; the two differ by interpolation at the mask's border).
+sigmoid and :func:`~contrastlab.transfer.masks.paste_masks` puts it in the image as detectron2
+does (:class:`MaskTransform`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from contrastlab.transfer.detectors import (
     faster_rcnn_c4,
     stage_channels,
 )
-from contrastlab.transfer.masks import region_targets
+from contrastlab.transfer.masks import paste_masks, region_targets
 
 MASK_HEAD_DIM = 256  # ROI_MASK_HEAD.CONV_DIM
 
@@ -177,9 +177,11 @@ class C4MaskHeads(MaskHeads):
         return self.mask_predictor_c4(shared)
 
 
-class PolygonTransform(GeneralizedRCNNTransform):
+class MaskTransform(GeneralizedRCNNTransform):
     """torchvision's resize and normalise, which also scales a target's packed ``polygons``
-    (x at even places, y at odd) by the ratios it scales the boxes by."""
+    (x at even places, y at odd) by the ratios it scales the boxes by; at test time the
+    detections' masks go into the original image by detectron2's paste
+    (:func:`~contrastlab.transfer.masks.paste_masks`), not torchvision's."""
 
     def resize(self, image, target=None):
         height, width = image.shape[-2:]
@@ -192,6 +194,16 @@ class PolygonTransform(GeneralizedRCNNTransform):
             scaled[1::2] *= ratio_y
             target["polygons"] = scaled
         return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        if self.training:
+            return result
+        masks = [found.pop("masks", None) for found in result]
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        for found, mask, size in zip(result, masks, original_image_sizes, strict=True):
+            if mask is not None:
+                found["masks"] = paste_masks(mask, found["boxes"], size)
+        return result
 
 
 def mask_rcnn_c4(
@@ -207,7 +219,7 @@ def mask_rcnn_c4(
     channels = stage_channels(model.roi_heads.box_head.res5)
     model.roi_heads.__class__ = C4MaskHeads
     model.roi_heads.mask_predictor_c4 = UpsampleMaskHead(channels, num_classes)
-    model.transform.__class__ = PolygonTransform
+    model.transform.__class__ = MaskTransform
     return model
 
 
@@ -329,5 +341,5 @@ def mask_rcnn_fpn(
         MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
         UpsampleMaskHead(256, num_classes),
     )
-    model.transform.__class__ = PolygonTransform
+    model.transform.__class__ = MaskTransform
     return model

@@ -14,6 +14,11 @@ The mask head's training target for a region (detectron2's ``crop_and_resize``):
   RLE): RoIAlign of the full-image mask at scale 1 with half-pixel alignment to ``M x M``,
   then ``>= 0.5``.
 
+At test time each detection's ``M x M`` mask goes back into the image as detectron2's
+``paste_masks_in_image`` puts it (:func:`paste_masks`): every image pixel samples the mask
+bilinearly at its centre mapped into the box (torchvision's paste, which resizes the mask to
+the box rounded to whole pixels after padding it by one cell, differs at the borders).
+
 Plain NumPy and PyTorch; no Lightning.
 """
 
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from faster_coco_eval.core import mask as coco_mask
 from torchvision.ops import roi_align
 
@@ -112,3 +118,44 @@ def flip_polygons(coordinates: torch.Tensor, width: int) -> torch.Tensor:
     flipped = coordinates.clone()
     flipped[0::2] = width - coordinates[0::2]
     return flipped
+
+
+def paste_masks(
+    masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """``(N, 1, M, M)`` mask probabilities placed in an ``image_size`` image by their ``(N, 4)``
+    boxes ``(x0, y0, x1, y1)``, as detectron2's ``paste_masks_in_image`` (before its ``>= 0.5``):
+    image pixel ``(i, j)`` takes the mask's bilinear value, zero outside the mask, at
+
+        u = (j + 0.5 - x0) / (x1 - x0) * M - 0.5,   v = (i + 0.5 - y0) / (y1 - y0) * M - 0.5
+
+    (cell centres at whole ``u, v``; ``grid_sample`` with ``align_corners=False``). Only the
+    pixels within one of the boxes' common bounding region grown to whole pixels plus one are
+    sampled: beyond it a pixel's centre maps more than half a cell outside the mask, so its
+    value is under 0.5 and it is left 0, as detectron2 leaves it on the CPU."""
+    count = len(masks)
+    height, width = image_size
+    pasted = masks.new_zeros((count, 1, height, width), dtype=torch.float32)
+    if count == 0:
+        return pasted
+    boxes = boxes.float()
+    left, top = (boxes[:, :2].min(dim=0).values.floor() - 1).clamp(min=0).int().tolist()
+    right = int((boxes[:, 2].max().ceil() + 1).clamp(max=width))
+    bottom = int((boxes[:, 3].max().ceil() + 1).clamp(max=height))
+    if right <= left or bottom <= top:
+        return pasted
+    x0, y0, x1, y1 = boxes.split(1, dim=1)  # each (N, 1)
+    columns = torch.arange(left, right, device=boxes.device, dtype=torch.float32) + 0.5
+    rows = torch.arange(top, bottom, device=boxes.device, dtype=torch.float32) + 0.5
+    grid_x = (columns - x0) / (x1 - x0) * 2 - 1  # (N, w) in grid_sample's [-1, 1] frame
+    grid_y = (rows - y0) / (y1 - y0) * 2 - 1  # (N, h)
+    grid = torch.stack(
+        [
+            grid_x[:, None, :].expand(count, len(rows), len(columns)),
+            grid_y[:, :, None].expand(count, len(rows), len(columns)),
+        ],
+        dim=3,
+    )
+    region = F.grid_sample(masks.float(), grid, mode="bilinear", align_corners=False)
+    pasted[:, :, top:bottom, left:right] = region
+    return pasted
