@@ -39,6 +39,39 @@ def test_evaluation_order_covers_everything_once():
     ]
 
 
+def test_grouped_global_batches_are_one_group_each_in_the_order_their_buckets_fill():
+    """As detectron2's AspectRatioGroupedDataset fills two buckets from the shuffled stream,
+    but with whole global batches: the grouped order keeps each group's indices in the
+    permutation's order, cuts them into global batches that come out as they fill, and leaves
+    each group's last ``count % G`` out."""
+    groups = torch.randint(0, 2, (37,), generator=torch.Generator().manual_seed(1))
+    permutation = list(GlobalBatchSampler(37, 37, seed=5))  # the epoch's whole order
+    one = GlobalBatchSampler(37, 8, seed=5, groups=groups)
+    order = list(one)
+    counts = [int((groups == g).sum()) for g in (0, 1)]
+    assert len(order) == len(one) == 8 * sum(c // 8 for c in counts) == 32  # 18 and 19
+    for g, count in zip((0, 1), counts, strict=True):
+        in_order = [i for i in permutation if groups[i] == g]
+        assert [i for i in order if groups[i] == g] == in_order[: count - count % 8]
+    batches = [order[b : b + 8] for b in range(0, len(order), 8)]
+    assert all(len({int(groups[i]) for i in batch}) == 1 for batch in batches)
+    filled_at = [max(permutation.index(i) for i in batch) for batch in batches]
+    assert filled_at == sorted(filled_at)
+    parts = [
+        list(GlobalBatchSampler(37, 4, seed=5, rank=r, world_size=2, groups=groups))
+        for r in range(2)
+    ]
+    for b in range(4):
+        assert order[8 * b : 8 * b + 8] == parts[0][4 * b : 4 * b + 4] + parts[1][4 * b : 4 * b + 4]
+    one.set_epoch(1)
+    assert list(one) != order
+    one.set_epoch(0)
+    one.skip_batches(0, 2)
+    assert list(one) == order[16:]
+    with pytest.raises(ValueError, match="drop_last"):
+        GlobalBatchSampler(37, 8, groups=groups, drop_last=False)
+
+
 def test_in_memory_batches(tiny_cifar):
     data = ContrastDataModule(root=str(tiny_cifar), batch_size=16, train_subset=64)
     data.setup("fit")

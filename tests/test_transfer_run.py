@@ -25,7 +25,7 @@ from contrastlab.runs.resume import CheckpointError, load_checkpoint_file
 from contrastlab.transfer.detectors import faster_rcnn_c4
 from contrastlab.transfer.metrics import voc_detection_ap
 from contrastlab.transfer.tasks import VOC_C4, configure, scaled_steps
-from contrastlab.transfer.training import DetectionData, DetectionTraining
+from contrastlab.transfer.training import DetectionData, DetectionTraining, aspect_groups
 from contrastlab.transfer.voc import TEST_SPLITS, TRAIN_SPLITS, VOC_CLASSES, read_voc
 
 # --------------------------------------------------------------------------- settings
@@ -148,7 +148,13 @@ def test_each_process_loads_its_share_of_each_global_batch_flipped_by_epoch(devk
     halves = zip(batches(0, 2, epoch=1), batches(1, 2, epoch=1), strict=True)
     assert [a + b for a, b in halves] == whole
     assert len(whole) == 2 and sorted(i for batch in whole for i in batch) == list(range(8))
+    orientation = aspect_groups(train)  # 4 landscape, 4 portrait or square
+    assert orientation.tolist() == [int(i.width <= i.height) for i in train]
+    assert all(len({int(orientation[i]) for i in batch}) == 1 for batch in whole)
     assert batches(0, 1, epoch=2) != whole  # a new order each epoch
+    monkeypatch.setattr(training, "world", lambda: (0, 1))
+    with pytest.raises(ValueError, match=r"\(1 landscape, 2 portrait or square\) cannot fill"):
+        DetectionData(train[:3], test, 3, workers=0).train_dataloader()
     monkeypatch.setattr(training, "world", lambda: (1, 2))
     shares = DetectionData(train, test, 4, workers=0).val_dataloader()
     assert [int(t["index"]) for _, targets in shares for t in targets] == [1, 3]

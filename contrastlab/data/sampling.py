@@ -21,6 +21,11 @@ class GlobalBatchSampler(Sampler[int]):
     ``BatchSampler(sampler, batch_size, drop_last=True)``; with ``drop_last`` only whole global
     batches are produced, otherwise the last global batch is split as evenly as possible.
     With ``indices`` the sampler runs over those dataset indices only (``size`` of them).
+
+    With ``groups`` (a group id per dataset index, e.g. landscape or portrait) every global
+    batch is of one group (:func:`grouped_order`): the permutation fills one bucket per group
+    and each bucket that reaches ``G`` becomes the next global batch; what the buckets hold at
+    the epoch's end is left out (``drop_last`` only).
     """
 
     def __init__(
@@ -33,16 +38,19 @@ class GlobalBatchSampler(Sampler[int]):
         world_size: int = 1,
         drop_last: bool = True,
         indices: torch.Tensor | None = None,
+        groups: torch.Tensor | None = None,
     ) -> None:
         if indices is not None and len(indices) != size:
             raise ValueError(f"{len(indices)} indices for a sampler of size {size}")
+        if groups is not None and not drop_last:
+            raise ValueError("batches grouped by kind need drop_last: the remainders are mixed")
         if batch_size < 1 or size < 1:
             raise ValueError(f"need size >= 1 and batch_size >= 1, got {size}, {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.indices = indices
+        self.indices, self.groups = indices, groups
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
 
@@ -64,11 +72,23 @@ class GlobalBatchSampler(Sampler[int]):
         else:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=generator)
-        return order if self.indices is None else self.indices[order]
+        order = order if self.indices is None else self.indices[order]
+        if self.groups is not None:
+            return grouped_order(order, self.groups, self.batch_size * self.world_size)
+        return order
+
+    def global_batches(self) -> int:
+        """Whole global batches in an epoch (the same in every epoch)."""
+        step = self.batch_size * self.world_size
+        if self.groups is None:
+            return self.size // step
+        domain = torch.arange(self.size) if self.indices is None else self.indices
+        _, counts = self.groups[domain].unique(return_counts=True)
+        return int((counts // step).sum())
 
     def __iter__(self) -> Iterator[int]:
         order, step = self._order(), self.batch_size * self.world_size
-        stop = (self.size // step) * step if self.drop_last else self.size
+        stop = self.global_batches() * step if self.drop_last else self.size
         first = self.pending_skip() * step
         self._skip = None
         for start in range(first, stop, step):
@@ -77,13 +97,30 @@ class GlobalBatchSampler(Sampler[int]):
 
     def __len__(self) -> int:
         step = self.batch_size * self.world_size
-        full = self.size // step
+        full = self.global_batches()
         if self.drop_last:
             return full * self.batch_size
         tail = self.size - full * step
         return full * self.batch_size + len(
             torch.arange(tail).tensor_split(self.world_size)[self.rank]
         )
+
+
+def grouped_order(order: torch.Tensor, groups: torch.Tensor, step: int) -> torch.Tensor:
+    """``order`` (dataset indices) as runs of ``step`` indices of one group each, the way a
+    stream fills buckets (detectron2's ``AspectRatioGroupedDataset``): each index joins its
+    group's bucket (``groups[index]``), and a bucket that reaches ``step`` is the next run.
+    Within a group the indices keep their order; the runs come in the order they fill; the
+    last ``count % step`` of each group, left in its bucket, are not in the result."""
+    buckets: dict[int, list[int]] = {}
+    runs: list[int] = []
+    for index, group in zip(order.tolist(), groups[order].tolist(), strict=True):
+        bucket = buckets.setdefault(group, [])
+        bucket.append(index)
+        if len(bucket) == step:
+            runs.extend(bucket)
+            bucket.clear()
+    return torch.tensor(runs, dtype=torch.long)
 
 
 class ResumableLoader(DataLoader):

@@ -10,8 +10,9 @@ BatchNorm statistics (precise BN) and scores the test images (:class:`VocScoring
 test images.
 
 :class:`DetectionData` serves the images: training batches in an order drawn from
-``(seed, epoch)`` and split across processes (resumable mid-epoch, so a resumed run sees the
-same images), flips drawn from ``(seed, epoch, index)``, test images un-flipped.
+``(seed, epoch)``, each global batch of one orientation (landscape or portrait, as detectron2
+groups them), split across processes (resumable mid-epoch, so a resumed run sees the same
+images), flips drawn from ``(seed, epoch, index)``, test images un-flipped.
 """
 
 from __future__ import annotations
@@ -52,10 +53,29 @@ class DetectionLoader(ResumableLoader):
         yield from super().__iter__()
 
 
+LANDSCAPE, PORTRAIT = 0, 1
+
+
+def aspect_groups(images: Sequence[VocImage | CocoImage]) -> torch.Tensor:
+    """Each image's orientation by its annotated size, as detectron2 groups training batches
+    (``DATALOADER.ASPECT_RATIO_GROUPING``): :data:`LANDSCAPE` when wider than tall, else
+    :data:`PORTRAIT` (square included)."""
+    return torch.tensor(
+        [LANDSCAPE if image.width > image.height else PORTRAIT for image in images],
+        dtype=torch.long,
+    )
+
+
 class DetectionData(pl.LightningDataModule):
     """Training images (flipped at ``flip_prob``) in global batches of ``batch_size`` and the
     test images, each split across the processes; ``items(images, flip_prob, seed)`` makes the
-    dataset (:class:`DetectionImages` for VOC, ``CocoDetectionImages`` for COCO)."""
+    dataset (:class:`DetectionImages` for VOC, ``CocoDetectionImages`` for COCO).
+
+    Every global batch holds landscape images only or portrait ones only
+    (:func:`aspect_groups`), so the detector pads its batch to little more than its images (and
+    BatchNorm sees little padding). detectron2 groups each GPU's batch on its own; here the
+    whole global batch is of one orientation, so that one process sees what several see
+    together (:class:`~contrastlab.data.sampling.GlobalBatchSampler`)."""
 
     def __init__(
         self,
@@ -83,14 +103,23 @@ class DetectionData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DetectionLoader:
         rank, processes = world()
-        if len(self.train) < self.batch_size:
+        groups = aspect_groups(self.train)
+        landscape = int((groups == LANDSCAPE).sum())
+        if max(landscape, len(self.train) - landscape) < self.batch_size:
             raise ValueError(
-                f"{len(self.train)} training images cannot fill one global batch of "
-                f"{self.batch_size}"
+                f"{len(self.train)} training images ({landscape} landscape, "
+                f"{len(self.train) - landscape} portrait or square) cannot fill one global batch "
+                f"of {self.batch_size} of one orientation"
             )
         batch = self.per_process()
         sampler = GlobalBatchSampler(
-            len(self.train), batch, shuffle=True, seed=self.seed, rank=rank, world_size=processes
+            len(self.train),
+            batch,
+            shuffle=True,
+            seed=self.seed,
+            rank=rank,
+            world_size=processes,
+            groups=groups,
         )
         return DetectionLoader(
             self.items(self.train, self.flip_prob, self.seed),
