@@ -302,28 +302,30 @@ def pasted_by_hand(masks: torch.Tensor, boxes: torch.Tensor, height: int, width:
 
 
 def test_masks_are_pasted_as_detectron2_samples_each_pixel_centre():
+    """Each mask sampled over its box grown to whole pixels plus one, as detectron2 pastes on
+    the CPU; outside it a pixel keeps a little of the mask's border at most (under 0.5: the
+    large box's neighbours do) and is left 0."""
     generator = torch.Generator().manual_seed(0)
-    masks = torch.rand(4, 1, 5, 5, generator=generator)
+    masks = torch.rand(5, 1, 5, 5, generator=generator)
     boxes = torch.tensor(
         [
             [3.3, 2.7, 11.6, 9.2],
-            [0.0, 0.0, 4.0, 20.0],
-            [14.2, 12.9, 25.0, 18.4],
+            [0.0, 0.0, 4.0, 20.0],  # past the image's bottom
+            [14.2, 12.9, 27.0, 18.4],  # past its right
             [7.5, 7.5, 8.2, 9.0],
+            [2.2, 1.6, 21.0, 17.3],
         ]
     )
-    pasted = paste_masks(masks, boxes, (18, 22)).double()  # the boxes span the whole image
-    assert torch.allclose(pasted, pasted_by_hand(masks, boxes, 18, 22), atol=1e-6)
-    # One large box: sampled over its box grown to whole pixels plus one ([1, 22) x [0, 19)),
-    # where a pixel outside keeps a little of the mask's border (under 0.5) and is left 0.
-    box = torch.tensor([[2.2, 1.6, 21.0, 17.3]])
-    pasted = paste_masks(masks[:1], box, (24, 26)).double()
-    expected = pasted_by_hand(masks[:1], box, 24, 26)
-    outside = torch.ones(24, 26, dtype=torch.bool)
-    outside[0:19, 1:22] = False
-    assert torch.allclose(pasted[..., ~outside], expected[..., ~outside], atol=1e-6)
-    assert (pasted[..., outside] == 0).all()
-    assert expected[..., outside].max() > 0 and expected[..., outside].max() < 0.5
+    regions = [(1, 11, 2, 13), (0, 18, 0, 5), (11, 18, 13, 26), (6, 10, 6, 10), (0, 18, 1, 22)]
+    pasted = paste_masks(masks, boxes, (18, 26)).double()
+    expected = pasted_by_hand(masks, boxes, 18, 26)
+    for n, (top, bottom, left, right) in enumerate(regions):
+        inside = torch.zeros(18, 26, dtype=torch.bool)
+        inside[top:bottom, left:right] = True
+        assert torch.allclose(pasted[n, 0][inside], expected[n, 0][inside], atol=1e-6)
+        assert (pasted[n, 0][~inside] == 0).all() and (expected[n, 0][~inside] < 0.5).all()
+    # the large box's neighbouring columns, sampled by the reference only
+    assert expected[4, 0, :, 0].max() > 0 and expected[4, 0, :, 22].max() > 0
     assert torch.equal(pasted >= 0.5, expected >= 0.5)
 
 

@@ -129,33 +129,33 @@ def paste_masks(
 
         u = (j + 0.5 - x0) / (x1 - x0) * M - 0.5,   v = (i + 0.5 - y0) / (y1 - y0) * M - 0.5
 
-    (cell centres at whole ``u, v``; ``grid_sample`` with ``align_corners=False``). Only the
-    pixels within one of the boxes' common bounding region grown to whole pixels plus one are
-    sampled: beyond it a pixel's centre maps more than half a cell outside the mask, so its
-    value is under 0.5 and it is left 0, as detectron2 leaves it on the CPU."""
-    count = len(masks)
+    (cell centres at whole ``u, v``; ``grid_sample`` with ``align_corners=False``). Each mask
+    is sampled over its own box grown to whole pixels plus one (:func:`paste_region`), as
+    detectron2 pastes on the CPU: beyond it a pixel's centre maps more than half a cell outside
+    the mask, so its value is under 0.5, and it is left 0. One mask at a time keeps the
+    sampling grid to a box's size, not ``N`` images' (detectron2's GPU path samples whole
+    images in chunks of 1 GB; the result after the threshold is the same)."""
     height, width = image_size
-    pasted = masks.new_zeros((count, 1, height, width), dtype=torch.float32)
-    if count == 0:
-        return pasted
-    boxes = boxes.float()
-    left, top = (boxes[:, :2].min(dim=0).values.floor() - 1).clamp(min=0).int().tolist()
-    right = int((boxes[:, 2].max().ceil() + 1).clamp(max=width))
-    bottom = int((boxes[:, 3].max().ceil() + 1).clamp(max=height))
-    if right <= left or bottom <= top:
-        return pasted
-    x0, y0, x1, y1 = boxes.split(1, dim=1)  # each (N, 1)
-    columns = torch.arange(left, right, device=boxes.device, dtype=torch.float32) + 0.5
-    rows = torch.arange(top, bottom, device=boxes.device, dtype=torch.float32) + 0.5
-    grid_x = (columns - x0) / (x1 - x0) * 2 - 1  # (N, w) in grid_sample's [-1, 1] frame
-    grid_y = (rows - y0) / (y1 - y0) * 2 - 1  # (N, h)
-    grid = torch.stack(
-        [
-            grid_x[:, None, :].expand(count, len(rows), len(columns)),
-            grid_y[:, :, None].expand(count, len(rows), len(columns)),
-        ],
-        dim=3,
-    )
-    region = F.grid_sample(masks.float(), grid, mode="bilinear", align_corners=False)
-    pasted[:, :, top:bottom, left:right] = region
+    pasted = masks.new_zeros((len(masks), 1, height, width), dtype=torch.float32)
+    for mask, box, out in zip(masks.float(), boxes.float(), pasted, strict=True):
+        top, bottom, left, right = paste_region(box, height, width)
+        if bottom <= top or right <= left:
+            continue
+        columns = torch.arange(left, right, device=box.device, dtype=torch.float32) + 0.5
+        rows = torch.arange(top, bottom, device=box.device, dtype=torch.float32) + 0.5
+        grid_x = (columns - box[0]) / (box[2] - box[0]) * 2 - 1  # grid_sample's [-1, 1] frame
+        grid_y = (rows - box[1]) / (box[3] - box[1]) * 2 - 1
+        grid = torch.stack(torch.broadcast_tensors(grid_x[None, :], grid_y[:, None]), dim=2)
+        sampled = F.grid_sample(mask[None], grid[None], mode="bilinear", align_corners=False)
+        out[:, top:bottom, left:right] = sampled[0]
     return pasted
+
+
+def paste_region(box: torch.Tensor, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``, ends exclusive: the pixels :func:`paste_masks` samples for
+    ``box``, from ``floor(y0) - 1`` to ``ceil(y1) + 1`` and ``floor(x0) - 1`` to ``ceil(x1) + 1``,
+    within the image."""
+    left, top = (box[:2].floor() - 1).clamp(min=0).int().tolist()
+    right = int((box[2].ceil() + 1).clamp(max=width))
+    bottom = int((box[3].ceil() + 1).clamp(max=height))
+    return top, bottom, left, right
