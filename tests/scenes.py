@@ -17,12 +17,16 @@ from photos import photo_pixels
 from PIL import Image, ImageDraw
 
 SHAPES = {"cat": ("ellipse", (220, 30, 30)), "dog": ("rectangle", (30, 60, 220))}
+SIDES = (14, 41)
+"""The objects' sides in pixels, ``range(14, 41)``."""
 
 
-def scene(seed: int) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int]]]]:
+def scene(
+    seed: int, sides: tuple[int, int] = SIDES
+) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int]]]]:
     """One image and its objects as ``(class, (xmin, ymin, xmax, ymax))`` in the XML's 1-based
     inclusive pixels."""
-    picture, placed = placements(seed)
+    picture, placed = placements(seed, sides)
     draw = ImageDraw.Draw(picture)
     objects = []
     for name, side, x0, y0 in placed:
@@ -33,23 +37,25 @@ def scene(seed: int) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, 
     return picture, objects
 
 
-def placements(seed: int) -> tuple[Image.Image, list[tuple[str, int, int, int]]]:
+def placements(
+    seed: int, sides: tuple[int, int] = SIDES
+) -> tuple[Image.Image, list[tuple[str, int, int, int]]]:
     """A 96-128 px photo-like background and one to three objects on it as ``(class, side,
-    x0, y0)``, all drawn from ``seed``."""
+    x0, y0)``, sides drawn from ``range(*sides)``, all drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     height, width = int(rng.integers(96, 129)), int(rng.integers(96, 129))
     picture = Image.fromarray(photo_pixels(height, width, seed))
     placed = []
     for _ in range(int(rng.integers(1, 4))):
         name = str(rng.choice(list(SHAPES)))
-        side = int(rng.integers(14, 41))
+        side = int(rng.integers(*sides))
         x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
         placed.append((name, side, x0, y0))
     return picture, placed
 
 
-def write_image(folder: Path, image_id: str, seed: int) -> None:
-    picture, objects = scene(seed)
+def write_image(folder: Path, image_id: str, seed: int, sides: tuple[int, int] = SIDES) -> None:
+    picture, objects = scene(seed, sides)
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = f"{image_id}.jpg"
     size = ET.SubElement(root, "size")
@@ -68,8 +74,11 @@ def write_image(folder: Path, image_id: str, seed: int) -> None:
     picture.save(folder / "JPEGImages" / f"{image_id}.jpg", quality=92)
 
 
-def write_scene_devkit(root: Path, train07: int = 24, train12: int = 8, test: int = 16) -> Path:
-    """``root/VOCdevkit`` with the three splits; returns the devkit folder."""
+def write_scene_devkit(
+    root: Path, train07: int = 24, train12: int = 8, test: int = 16, sides: tuple[int, int] = SIDES
+) -> Path:
+    """``root/VOCdevkit`` with the three splits (objects' sides drawn from ``range(*sides)``);
+    returns the devkit folder."""
     devkit = root / "VOCdevkit"
     splits = {
         ("VOC2007", "trainval"): [f"{i:06d}" for i in range(train07)],
@@ -80,7 +89,7 @@ def write_scene_devkit(root: Path, train07: int = 24, train12: int = 8, test: in
     for (year, split), ids in splits.items():
         folder = devkit / year
         for image_id in ids:
-            write_image(folder, image_id, seed)
+            write_image(folder, image_id, seed, sides)
             seed += 1
         (folder / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
         (folder / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
