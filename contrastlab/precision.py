@@ -63,7 +63,7 @@ forward + backward in the same precision contradicts the measurement."""
 REMEASURE_ENV = "CONTRASTLAB_REMEASURE"
 FIXED_ENV = "CONTRASTLAB_PRECISION"
 """A Lightning precision name that replaces every measurement (:func:`fixed_precision`)."""
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("32-true", *AUTOCAST_DTYPES)
 """The precisions a run may take without ``--trainer.precision``."""
 PROBE_BATCH = 8
 """Before the full measurement, each candidate takes one step (after a warm-up) at this batch."""
