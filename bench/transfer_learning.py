@@ -22,7 +22,6 @@ from ``range(A, B)`` px (14-40 by default, the tests' scenes; 28-56 fits the RPN
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import sys
@@ -39,6 +38,7 @@ from scenes import scene, write_scene_devkit
 
 from contrastlab.app.cli import main as cli
 from contrastlab.app.transfer import torchvision_resnet
+from contrastlab.runs.records import METRICS_FILE, read_rows
 
 PRESENT = ("cat", "dog")
 """The scenes' classes (tests/scenes.py)."""
@@ -151,8 +151,8 @@ def transfer(devkit: Path, source: str, out: Path, seed: int, args: argparse.Nam
 
 def late_loss(out: Path) -> float:
     """The mean training loss over the run's last quarter of iterations (its ``metrics.csv``)."""
-    with next(out.rglob("metrics.csv")).open() as file:
-        losses = [float(row["train/loss"]) for row in csv.DictReader(file) if row["train/loss"]]
+    _, rows = read_rows(next(out.rglob(METRICS_FILE)))
+    losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
     return float(np.mean(losses[-max(1, len(losses) // 4) :]))
 
 
